@@ -1,0 +1,28 @@
+# Two entry points a newcomer needs: `make demo` (main job on bundled data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint clean
+
+$(BIN)/ssl-distill: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/ssl-distill
+
+demo: install
+	$(BIN)/python -m ssl_distill.demo
+
+test: install
+	$(BIN)/python -m pytest tests
+
+lint: install
+	$(BIN)/ruff check ssl_distill eval tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache

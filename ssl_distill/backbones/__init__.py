@@ -1,0 +1,108 @@
+"""Backbones and the one way to load them: `load_backbone(source)`.
+
+A source is one of our training checkpoints (`.pt`), an exported `.safetensors` file, or a timm model
+name (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or
+unexpected keys raise instead of leaving random weights in place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ssl_distill.backbones.vit import ViT, Encoded, mask_from_keep
+from ssl_distill.registry import Registry
+
+BACKBONES: Registry[Any] = Registry("backbone kind")
+BACKBONES.register("vit")(ViT)
+
+SPEC_KEY = "ssl_distill.spec"
+
+__all__ = ["BACKBONES", "ViT", "Encoded", "mask_from_keep", "build_backbone", "load_backbone", "export_backbone"]
+
+
+class BackboneLoadError(ValueError):
+    """The weights do not fit the backbone, or the source cannot be read."""
+
+
+def build_backbone(spec: dict[str, Any], initialize: bool = True) -> nn.Module:
+    """Build from a spec: {'kind': 'vit', 'name': <timm name>, sizes...} (kind defaults to 'vit')."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "vit")
+    return BACKBONES.get(kind)(**spec, initialize=initialize)
+
+
+def _exportable_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    module = backbone.vit if isinstance(backbone, ViT) else backbone
+    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _load_strict(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    module = backbone.vit if isinstance(backbone, ViT) else backbone
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise BackboneLoadError(
+            f"{source}: weights do not match the backbone: missing keys {result.missing_keys[:8]}, "
+            f"unexpected keys {result.unexpected_keys[:8]}"
+        )
+
+
+def export_backbone(backbone: nn.Module, path: str | Path) -> Path:
+    """Write the backbone as safetensors that `timm.create_model(name, pretrained=True,
+    pretrained_cfg_overlay=dict(file=path), num_classes=0, **sizes)` loads; the spec goes into the
+    file's metadata so `load_backbone(path)` needs nothing else. Written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_exportable_state(backbone), str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load one of our training checkpoints on CPU (weights_only: no code is run)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BackboneLoadError(f"checkpoint not found: {path}") from None
+    except Exception as error:
+        raise BackboneLoadError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+
+
+def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) -> nn.Module:
+    """Load a backbone for distillation or evaluation; `sizes` override the spec (timm names only)."""
+    text = str(source)
+    path = Path(text)
+    if text.endswith(".safetensors"):
+        if not path.is_file():
+            raise BackboneLoadError(f"exported weights not found: {path}")
+        with safe_open(text, "pt") as handle:
+            metadata = handle.metadata() or {}
+        if SPEC_KEY in metadata:
+            spec = json.loads(metadata[SPEC_KEY])
+        elif "name" in sizes:
+            spec = dict(sizes)
+        else:
+            raise BackboneLoadError(f"{path}: no {SPEC_KEY} metadata; pass name= and sizes to load it")
+        backbone = build_backbone(spec, initialize=False)
+        _load_strict(backbone, load_file(text), text)
+        return backbone
+    if path.suffix in (".pt", ".pth", ".ckpt"):
+        checkpoint = read_checkpoint(path)
+        if not isinstance(checkpoint, dict) or "backbone" not in checkpoint or "backbone_spec" not in checkpoint:
+            raise BackboneLoadError(f"{path}: not an ssl_distill checkpoint (no 'backbone' and 'backbone_spec')")
+        backbone = build_backbone(checkpoint["backbone_spec"], initialize=False)
+        _load_strict(backbone, checkpoint["backbone"], text)
+        return backbone
+    name = text.removeprefix("timm:")
+    backbone = build_backbone({"name": name, **sizes}, initialize=weights is None)
+    if weights is not None:
+        state = load_file(weights) if weights.endswith(".safetensors") else torch.load(weights, map_location="cpu", weights_only=True)
+        _load_strict(backbone, state.get("model", state) if isinstance(state, dict) else state, weights)
+    return backbone

@@ -1,0 +1,206 @@
+"""Configs: YAML files (with `base:` composition), `key=value` overrides, schema validation.
+
+A config has six sections: `run`, `model`, `data`, `objective`, `optim` and `train`. The schemas of
+`objective` and `data.transform` depend on their `name` and come from the registered builder's
+`Config` dataclass, so every key is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ssl_distill.registry import OBJECTIVES, TRANSFORMS, closest
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message names the key."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """A timm ViT by name; None keeps timm's value for that size."""
+
+    name: str = "vit_tiny_patch16_224"
+    img_size: int = 32
+    patch_size: int = 4
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    batch_size: int = 64
+    num_workers: int = 0
+    transform: Any = field(default_factory=lambda: {"name": "mae"})
+
+
+@dataclass
+class OptimConfig:
+    lr: float | None = None  # absolute; None means base_lr * global_batch / 256
+    base_lr: float = 1.5e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine from weight_decay to this; None keeps it constant
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_fraction: float = 0.1  # of all steps, linear from 0 to lr, then half-cosine to min_lr
+    clip_grad: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # if set, the run stops here (schedules span this many steps)
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps; 0 saves only at the end
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the newest complete checkpoint in the run directory
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: Any = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Read one YAML file, merging the files named by its `base:` key (relative paths) first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"{path}: `base` includes itself through {' -> '.join(map(str, seen))}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as error:  # yaml errors carry the line number in their text
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    bases = node.pop("base", None)
+    if bases is None:
+        return node
+    merged = OmegaConf.create()
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        merged = OmegaConf.merge(merged, _read_yaml((path.parent / base).resolve(), seen + (path,)))
+    return OmegaConf.merge(merged, node)
+
+
+def _valid_keys(schema: Any, dotted: str) -> list[str]:
+    """The valid field names at `dotted` inside a dataclass schema (for 'did you mean')."""
+    node = schema
+    for part in [p for p in dotted.split(".") if p][:-1]:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return []
+        default = fields[part].default_factory() if fields[part].default_factory is not MISSING else None
+        node = type(default) if dataclasses.is_dataclass(default) else None
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def _merge_checked(schema: type, data: Any, where: str, prefix: str = "") -> DictConfig:
+    """Merge user values into a dataclass schema; turn OmegaConf errors into ConfigErrors."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), data)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
+        message = str(error).splitlines()[0]
+        full = f"{prefix}{key}"
+        if "not in" in message or "Key '" in message:
+            hint = closest(str(key).split(".")[-1], _valid_keys(schema, str(key)))
+            raise ConfigError(f"{where}: unknown key '{full}'{hint}") from None
+        raise ConfigError(f"{where}: bad value for '{full}': {message}") from None
+
+
+def _check_named_section(section: Any, registry: Any, where: str, prefix: str) -> DictConfig:
+    if not isinstance(section, (dict, DictConfig)) or "name" not in section:
+        raise ConfigError(f"{where}: '{prefix}name' is required (one of: {', '.join(registry.names())})")
+    name = section["name"]
+    if name not in registry:
+        raise ConfigError(
+            f"{where}: unknown {registry.kind} '{prefix}name={name}'{closest(str(name), registry.names())}; "
+            f"known: {', '.join(registry.names())}"
+        )
+    return _merge_checked(registry.get(name).Config, section, where, prefix)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load, compose and validate a config; `overrides` are `key=value` strings.
+
+    Raises ConfigError naming the file and key for an unknown key, a wrong type or a missing value.
+    """
+    import ssl_distill.data  # noqa: F401  (registers transforms)
+    import ssl_distill.objectives  # noqa: F401  (registers objectives)
+
+    where = str(path) if path is not None else "config"
+    user = _read_yaml(Path(path)) if path is not None else OmegaConf.create()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        user = OmegaConf.merge(user, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"overrides: {str(error).splitlines()[0]}") from None
+    return validate(user, where)
+
+
+def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
+    """Check a (possibly partial) config against the schemas and fill in defaults."""
+    user = OmegaConf.create(user) if isinstance(user, dict) else user
+    objective = user.pop("objective", None) if "objective" in user else None
+    transform = None
+    if "data" in user and user.data is not None and "transform" in user.data:
+        transform = user.data.pop("transform")
+    cfg = _merge_checked(Config, user, where)
+    if objective is None:
+        raise ConfigError(f"{where}: the 'objective' section is required (one of: {', '.join(OBJECTIVES.names())})")
+    cfg.objective = _check_named_section(objective, OBJECTIVES, where, "objective.")
+    if transform is None:
+        transform = OBJECTIVES.get(cfg.objective.name).default_transform
+    cfg.data.transform = _check_named_section(transform, TRANSFORMS, where, "data.transform.")
+    if cfg.train.precision not in PRECISIONS:
+        raise ConfigError(f"{where}: train.precision must be one of {PRECISIONS}, got '{cfg.train.precision}'")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{where}: missing required value for '{missing[0]}'")
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def from_yaml(text: str) -> DictConfig:
+    return validate(OmegaConf.create(text), "saved config")
+
+
+def as_dict(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node

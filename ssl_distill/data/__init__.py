@@ -1,0 +1,17 @@
+"""Datasets (sources), view transforms and the resumable loader."""
+
+from ssl_distill.data.images import ImageSource, Sample, build_source
+from ssl_distill.data.loader import ResumableSampler, ViewDataset, build_loader, seeded_call
+from ssl_distill.data.transforms import build_transform, eval_transform
+
+__all__ = [
+    "ImageSource",
+    "ResumableSampler",
+    "Sample",
+    "ViewDataset",
+    "build_loader",
+    "build_source",
+    "build_transform",
+    "eval_transform",
+    "seeded_call",
+]

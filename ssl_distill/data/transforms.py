@@ -1,0 +1,109 @@
+"""View transforms, registered by name; each returns a list of view tensors (C, H, W).
+
+`mae` and `multicrop` are lightly's MAETransform and DINOTransform; `eval` is a deterministic
+resize + centre crop for feature extraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torchvision.transforms as T
+from lightly.transforms import DINOTransform, MAETransform
+from PIL import Image
+from torch import Tensor
+
+from ssl_distill.registry import TRANSFORMS
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _normalize(mean: list[float], std: list[float]) -> dict[str, list[float]]:
+    return {"mean": list(mean), "std": list(std)}
+
+
+@dataclass
+class MAEViewConfig:
+    name: str = "mae"
+    img_size: int = 32
+    min_scale: float = 0.2
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+@dataclass
+class MultiCropConfig:
+    name: str = "multicrop"
+    global_crop_size: int = 32
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crop_size: int = 16
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    n_local_views: int = 6
+    cj_prob: float = 0.8
+    random_gray_scale: float = 0.2
+    solarization_prob: float = 0.2
+    blur: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+@dataclass
+class EvalViewConfig:
+    name: str = "eval"
+    img_size: int = 32
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
+ViewTransform = Callable[[Image.Image], list[Tensor]]
+
+
+def _mae(cfg: MAEViewConfig) -> ViewTransform:
+    return MAETransform(input_size=cfg.img_size, min_scale=cfg.min_scale, normalize=_normalize(cfg.mean, cfg.std))
+
+
+def _multicrop(cfg: MultiCropConfig) -> ViewTransform:
+    return DINOTransform(
+        global_crop_size=cfg.global_crop_size,
+        global_crop_scale=tuple(cfg.global_crop_scale),
+        local_crop_size=cfg.local_crop_size,
+        local_crop_scale=tuple(cfg.local_crop_scale),
+        n_local_views=cfg.n_local_views,
+        cj_prob=cfg.cj_prob,
+        random_gray_scale=cfg.random_gray_scale,
+        solarization_prob=cfg.solarization_prob,
+        gaussian_blur=(1.0, 0.1, 0.5) if cfg.blur else (0.0, 0.0, 0.0),
+        normalize=_normalize(cfg.mean, cfg.std),
+    )
+
+
+def eval_transform(img_size: int = 32, mean: list[float] = IMAGENET_MEAN, std: list[float] = IMAGENET_STD) -> T.Compose:
+    """Deterministic PIL -> (3, img_size, img_size) tensor for feature extraction."""
+    return T.Compose(
+        [
+            T.Resize(img_size, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(img_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def _eval(cfg: EvalViewConfig) -> ViewTransform:
+    single = eval_transform(cfg.img_size, cfg.mean, cfg.std)
+    return lambda image: [single(image)]
+
+
+for _name, _builder, _config in (
+    ("mae", _mae, MAEViewConfig),
+    ("multicrop", _multicrop, MultiCropConfig),
+    ("eval", _eval, EvalViewConfig),
+):
+    _builder.Config = _config  # type: ignore[attr-defined]
+    TRANSFORMS.register(_name)(_builder)
+
+
+def build_transform(cfg) -> ViewTransform:  # cfg: a validated data.transform section
+    return TRANSFORMS.get(cfg.name)(cfg)
