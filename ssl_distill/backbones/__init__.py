@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ssl_distill.backbones.vit import ViT, Encoded, mask_from_keep
+from ssl_distill.backbones.vit import Encoded, ViT, mask_from_keep
+from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
 from ssl_distill.registry import Registry
 
 BACKBONES: Registry[Any] = Registry("backbone kind")
@@ -65,10 +66,9 @@ def export_backbone(backbone: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load one of our training checkpoints on CPU (weights_only: no code is run)."""
+def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_checkpoint(path)
     except FileNotFoundError:
         raise BackboneLoadError(f"checkpoint not found: {path}") from None
     except Exception as error:
@@ -77,8 +77,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) -> nn.Module:
     """Load a backbone for distillation or evaluation; `sizes` override the spec (timm names only)."""
-    text = str(source)
-    path = Path(text)
+    path = Path(source)
+    if path.is_dir():
+        try:
+            path = resolve_run_path(path)
+        except FileNotFoundError as error:
+            raise BackboneLoadError(str(error)) from None
+    text = str(path) if path.exists() else str(source)
     if text.endswith(".safetensors"):
         if not path.is_file():
             raise BackboneLoadError(f"exported weights not found: {path}")
@@ -94,7 +99,7 @@ def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) 
         _load_strict(backbone, load_file(text), text)
         return backbone
     if path.suffix in (".pt", ".pth", ".ckpt"):
-        checkpoint = read_checkpoint(path)
+        checkpoint = _read_checkpoint(path)
         if not isinstance(checkpoint, dict) or "backbone" not in checkpoint or "backbone_spec" not in checkpoint:
             raise BackboneLoadError(f"{path}: not an ssl_distill checkpoint (no 'backbone' and 'backbone_spec')")
         backbone = build_backbone(checkpoint["backbone_spec"], initialize=False)

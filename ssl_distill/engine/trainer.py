@@ -1,0 +1,242 @@
+"""One trainer for every objective: AdamW with per-iteration schedules, autocast, clipping, logging,
+atomic checkpoints and exact resume. It knows objectives only through their contract."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from ssl_distill.backbones import export_backbone
+from ssl_distill.config import ConfigError, to_yaml
+from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
+from ssl_distill.engine import checkpoint as ckpt
+from ssl_distill.engine.logger import MetricsLogger
+from ssl_distill.engine.schedules import warmup_cosine
+from ssl_distill.objectives import Objective
+from ssl_distill.registry import OBJECTIVES
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    exported: Path | None
+    losses: list[float] = field(default_factory=list)  # per step run in this call
+    start_step: int = 0
+    steps: int = 0
+
+
+def build_dataset(cfg: DictConfig) -> Any:
+    """The training dataset: an image source wrapped with its view transform, or a dataset that
+    already yields batch dicts (video). Each states the batch keys it `provides`."""
+    source = build_source(cfg.data.name, cfg.data.root, cfg.data.split, cfg.data.limit)
+    if hasattr(source, "provides"):
+        return source
+    return ViewDataset(source, build_transform(cfg.data.transform))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [_to_device(v, device) for v in batch]
+    return batch
+
+
+class Trainer:
+    """`Trainer(cfg).fit()` trains `cfg.objective` on `cfg.data` into `run.out_dir/run.name`."""
+
+    def __init__(self, cfg: DictConfig, rank: int = 0, world_size: int = 1) -> None:
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.is_main = rank == 0
+        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.device = _device(cfg.train.device)
+        if cfg.train.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+
+        torch.manual_seed(cfg.run.seed)
+        np.random.seed(cfg.run.seed)
+        self.dataset = build_dataset(cfg)
+        objective_cls = OBJECTIVES.get(cfg.objective.name)
+        missing = set(objective_cls.requires) - set(self.dataset.provides)
+        if missing:
+            raise ConfigError(
+                f"objective '{cfg.objective.name}' needs batch keys {sorted(missing)} that dataset "
+                f"'{cfg.data.name}' does not provide (it gives {sorted(self.dataset.provides)})"
+            )
+        self.sampler = ResumableSampler(len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=rank, world_size=world_size)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.max_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+
+        self.objective: Objective = objective_cls(cfg, self.max_steps).to(self.device)
+        o = cfg.optim
+        global_batch = cfg.data.batch_size * world_size
+        self.lr = o.lr if o.lr is not None else o.base_lr * global_batch / 256
+        warmup = int(o.warmup_fraction * self.max_steps)
+        self.lr_schedule = warmup_cosine(self.lr, o.min_lr, self.max_steps, warmup)
+        wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+        self.wd_schedule = warmup_cosine(o.weight_decay, wd_end, self.max_steps)
+        self.optimizer = torch.optim.AdamW(self.objective.param_groups(o.weight_decay), lr=self.lr, betas=tuple(o.betas))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
+        self.step = 0
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        backbone = self.objective.backbone
+        module = getattr(backbone, "vit", backbone)
+        return {
+            "step": self.step,
+            "model": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "config": to_yaml(self.cfg),
+            "backbone": module.state_dict(),
+            "backbone_spec": backbone.spec,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.objective.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main:
+            return None
+        path = ckpt.save_atomic(self.state(), ckpt.checkpoint_path(self.checkpoint_dir, self.step))
+        ckpt.prune(self.checkpoint_dir, self.cfg.train.keep_checkpoints)
+        return path
+
+    def maybe_resume(self) -> Path | None:
+        if not self.cfg.train.resume:
+            return None
+        found = ckpt.load_latest(self.checkpoint_dir)
+        if found is None:
+            return None
+        path, state = found
+        self.load_state(state)
+        return path
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _set_schedules(self, step: int) -> float:
+        lr = float(self.lr_schedule[step])
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group.get("apply_wd_schedule"):
+                group["weight_decay"] = float(self.wd_schedule[step])
+        return lr
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        """One optimizer step at self.step; returns the loss and the logged scalars."""
+        lr = self._set_schedules(self.step)
+        self.objective.train()
+        with self._autocast():
+            output = self.objective(_to_device(batch, self.device), self.step)
+        loss = output.loss
+        if not torch.isfinite(loss.detach()):
+            terms = {k: float(v) for k, v in output.logs.items()}
+            newest = ckpt.list_checkpoints(self.checkpoint_dir)
+            raise NonFiniteLossError(
+                f"loss is {float(loss)} at step {self.step} (terms: {terms}); stopping. "
+                f"Last good checkpoint: {newest[-1] if newest else 'none yet'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        logs = {k: float(v) for k, v in output.logs.items()}
+        if self.cfg.optim.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.objective.after_step(self.step)
+        self.step += 1
+        return float(loss.detach()), {"loss": float(loss.detach()), "lr": lr, **logs}
+
+    def _batches(self):
+        """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run."""
+        generator = torch.Generator()  # the loader draws its worker seed here, not from the global RNG
+        while True:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch, start)
+            loader = build_loader(self.dataset, self.sampler, self.cfg.data.num_workers, self.device.type == "cuda")
+            loader.generator = generator
+            yield from loader
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        resumed = self.maybe_resume()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        logger = MetricsLogger(self.run_dir, self.step, cfg.train.tensorboard, enabled=self.is_main)
+        result = TrainResult(self.run_dir, resumed, None, start_step=self.step)
+        if resumed and self.is_main:
+            tqdm.write(f"resumed from {resumed} at step {self.step}")
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True)
+        window: dict[str, list[float]] = {}
+        images_per_step = cfg.data.batch_size * self.world_size
+        tic = time.perf_counter()
+        try:
+            batches = self._batches()
+            while self.step < self.max_steps:
+                loss, logs = self.train_step(next(batches))
+                result.losses.append(loss)
+                for key, value in logs.items():
+                    window.setdefault(key, []).append(value)
+                bar.update(1)
+                if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
+                    elapsed = time.perf_counter() - tic
+                    means = {k: sum(v) / len(v) for k, v in window.items()}
+                    means["images_per_s"] = images_per_step * len(window["loss"]) / max(elapsed, 1e-9)
+                    means["epoch"] = self.step / self.steps_per_epoch
+                    logger.log(self.step, means)
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{means['images_per_s']:.0f}")
+                    window, tic = {}, time.perf_counter()
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < self.max_steps:
+                    result.checkpoint = self.save_checkpoint() or result.checkpoint
+        finally:
+            bar.close()
+            logger.close()
+        result.steps = self.step
+        if self.is_main:
+            final = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+            result.checkpoint = final if final.is_file() else self.save_checkpoint()
+            result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
+        return result
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    return Trainer(cfg).fit()

@@ -1,0 +1,6 @@
+"""Pure loss modules: tensors in, scalar out, shapes in each docstring."""
+
+from ssl_distill.losses.feature_distillation import NormalizedL1Loss
+from ssl_distill.losses.reconstruction import MaskedReconstructionLoss
+
+__all__ = ["MaskedReconstructionLoss", "NormalizedL1Loss"]

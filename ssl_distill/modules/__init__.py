@@ -1,0 +1,1 @@
+"""Shared pieces objectives compose: teachers, masking, heads."""
