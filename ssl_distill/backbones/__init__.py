@@ -16,12 +16,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ssl_distill.backbones.video_vit import VideoViT
 from ssl_distill.backbones.vit import Encoded, ViT, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
 from ssl_distill.registry import Registry
 
 BACKBONES: Registry[Any] = Registry("backbone kind")
 BACKBONES.register("vit")(ViT)
+BACKBONES.register("video_vit")(VideoViT)
 
 SPEC_KEY = "ssl_distill.spec"
 

@@ -35,7 +35,17 @@ EF_TARGETS = {
     "arrhythmia": (50.0, 65.0),
     "dilated": (20.0, 45.0),
 }
-FILELIST_COLUMNS = ("FileName", "EF", "ESV", "EDV", "FrameHeight", "FrameWidth", "FPS", "NumberOfFrames", "Split")
+FILELIST_COLUMNS = (
+    "FileName",
+    "EF",
+    "ESV",
+    "EDV",
+    "FrameHeight",
+    "FrameWidth",
+    "FPS",
+    "NumberOfFrames",
+    "Split",
+)
 EXTRA_COLUMNS = ("Label", "Anomaly")
 # decord 0.6.0 returns frames of these widths with a wrong row stride and cannot decode them.
 DECORD_BAD_WIDTHS = frozenset({12, 16, 24, 48, 72})
@@ -58,10 +68,18 @@ PRESETS = {
 }
 
 # Chambers on the canvas: centre (x, y), semi-axes (long, short), tilt of the long axis from vertical (deg).
-LV_LAYOUT = {"A4C": ((65.0, 43.0), (30.0, 14.5), 10.0), "A2C": ((62.0, 43.0), (30.0, 15.0), 6.0), "PSAX": ((58.0, 56.0), (17.0, 17.0), 0.0)}
+LV_LAYOUT = {
+    "A4C": ((62.0, 46.0), (28.0, 14.0), 10.0),
+    "A2C": ((60.0, 46.0), (28.0, 14.5), 6.0),
+    "PSAX": ((58.0, 56.0), (17.0, 17.0), 0.0),
+}
 OTHER_CHAMBERS = {
-    "A4C": {"rv": ((33.0, 47.0), (22.0, 9.0), -5.0), "la": ((68.0, 88.0), (12.0, 11.0), 0.0), "ra": ((38.0, 88.0), (12.0, 10.0), 0.0)},
-    "A2C": {"la": ((64.0, 88.0), (12.0, 12.0), 0.0)},
+    "A4C": {
+        "rv": ((31.0, 50.0), (21.0, 8.5), -5.0),
+        "la": ((66.0, 89.0), (12.0, 11.0), 0.0),
+        "ra": ((38.0, 89.0), (12.0, 10.0), 0.0),
+    },
+    "A2C": {"la": ((63.0, 89.0), (12.0, 12.0), 0.0)},
     "PSAX": {"rv": ((33.0, 52.0), (16.0, 8.0), 20.0)},
 }
 HEART_CENTER = (56.0, 60.0)
@@ -133,19 +151,33 @@ def _rotate(x: np.ndarray, y: np.ndarray, degrees: float) -> tuple[np.ndarray, n
     return c * x - s * y, s * x + c * y
 
 
-def _ellipse_frame(x: np.ndarray, y: np.ndarray, center: tuple[float, float], tilt: float) -> tuple[np.ndarray, np.ndarray]:
+def _ellipse_frame(
+    x: np.ndarray, y: np.ndarray, center: tuple[float, float], tilt: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Canvas coordinates -> (u along the long axis, positive towards the base; v across it)."""
     s, c = np.sin(np.radians(tilt)), np.cos(np.radians(tilt))
     dx, dy = x - center[0], y - center[1]
     return s * dx + c * dy, c * dx - s * dy
 
 
-def _draw_heart(rng: np.random.Generator, preset: Preset, view: str, anomaly: str, name: str, frames: int | None, fps: float) -> Heart:
+def _draw_heart(
+    rng: np.random.Generator,
+    preset: Preset,
+    view: str,
+    anomaly: str,
+    name: str,
+    frames: int | None,
+    fps: float,
+) -> Heart:
     heart_rate = rng.uniform(*preset.heart_rate)
     period = 60.0 * fps / heart_rate
-    frames = frames or max(int(rng.integers(preset.frames[0], preset.frames[1] + 1)), int(np.ceil(2 * period)) + 1)
+    frames = frames or max(
+        int(rng.integers(preset.frames[0], preset.frames[1] + 1)), int(np.ceil(2 * period)) + 1
+    )
     variation = rng.uniform(0.2, 0.3) if anomaly == "arrhythmia" else 0.02
-    intervals = period * np.clip(1.0 + variation * rng.standard_normal(int(frames / (0.5 * period)) + 3), 0.5, 1.6)
+    intervals = period * np.clip(
+        1.0 + variation * rng.standard_normal(int(frames / (0.5 * period)) + 3), 0.5, 1.6
+    )
     # start in late diastole, so that even a clip shorter than a beat holds one ED and one ES
     beats = np.cumsum(np.concatenate([[-rng.uniform(0.8, 0.95) * intervals[0]], intervals]))
     long_axis, short_axis = LV_LAYOUT[view][1]
@@ -191,7 +223,11 @@ class _Scene:
         self.heart = heart
         canvas = (np.arange(size, dtype=np.float32) + 0.5) * CANVAS / size
         self.x, self.y = np.meshgrid(canvas, canvas)
-        hx, hy = _rotate(self.x - HEART_CENTER[0] - heart.shift[0], self.y - HEART_CENTER[1] - heart.shift[1], -heart.rotation)
+        hx, hy = _rotate(
+            self.x - HEART_CENTER[0] - heart.shift[0],
+            self.y - HEART_CENTER[1] - heart.shift[1],
+            -heart.rotation,
+        )
         self.hx, self.hy = hx / heart.scale + HEART_CENTER[0], hy / heart.scale + HEART_CENTER[1]
         center, _, tilt = LV_LAYOUT[heart.view]
         self.u, self.v = _ellipse_frame(self.hx, self.hy, center, tilt)
@@ -241,10 +277,10 @@ def _solve_amplitude(scene: _Scene, c: np.ndarray, cm_per_px: float) -> float:
     return amplitude
 
 
-def _render(heart: Heart, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render(scene: _Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one video: uint8 frames (T, H, W), LV cavity masks (T, H, W) bool and labels (T, H, W)
     uint8 (0 background, 1 cavity, 2 myocardium, 3 left atrium). `heart.contraction` must be solved."""
-    scene = _Scene(heart, size)
+    heart, size = scene.heart, scene.x.shape[0]
     c = _contraction(heart)
     amplitude = heart.contraction
     a_t, b_t = scene.axes(c, amplitude)
@@ -283,7 +319,9 @@ def _render(heart: Heart, size: int, rng: np.random.Generator) -> tuple[np.ndarr
     return video, cavity, labels
 
 
-def _speckle(scene: _Scene, c: np.ndarray, amplitude: float, level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _speckle(
+    scene: _Scene, c: np.ndarray, amplitude: float, level: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """(T, H, W) multiplicative speckle, mean ~1: one fixed field on the probe's polar grid (filtered
     along depth and across beams) sampled where each tissue point sat at ED, so it moves with the
     wall, blended with 20% fresh speckle per frame."""
@@ -298,7 +336,11 @@ def _speckle(scene: _Scene, c: np.ndarray, amplitude: float, level: np.ndarray, 
     dx, dy = _rotate((s * du + co * dv) * heart.scale, (co * du - s * dv) * heart.scale, heart.rotation)
     x0, y0 = scene.x + dx, scene.y + dy
     depth = np.hypot(x0 - APEX[0], y0 - APEX[1]) / SECTOR_RADIUS * (size - 1)
-    beam = (np.degrees(np.arctan2(x0 - APEX[0], y0 - APEX[1])) / heart.sector_half_angle + 1.0) * 0.5 * (size - 1)
+    beam = (
+        (np.degrees(np.arctan2(x0 - APEX[0], y0 - APEX[1])) / heart.sector_half_angle + 1.0)
+        * 0.5
+        * (size - 1)
+    )
     fixed = gaussian_filter(rng.rayleigh(1.0, (size, size)), (0.7, 1.5))
     moving = map_coordinates(fixed / fixed.mean(), np.stack([depth, beam]), order=1, mode="mirror")
     fresh = gaussian_filter(rng.rayleigh(1.0, moving.shape), (0.0, 0.7, 1.5))
@@ -310,11 +352,15 @@ def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     if frames.ndim == 3:
         frames = np.repeat(frames[..., None], 3, axis=-1)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)), options={"crf": "12", "preset": "veryfast"})
+        stream = container.add_stream(
+            "libx264", rate=int(round(fps)), options={"crf": "12", "preset": "veryfast"}
+        )
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(
+                stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+            )
         container.mux(stream.encode())
 
 
@@ -356,7 +402,9 @@ def write_synthetic_echo(
     if preset not in PRESETS:
         raise ValueError(f"unknown echo preset '{preset}'; known: {', '.join(PRESETS)}")
     if size < 32 or size % 2 or size in DECORD_BAD_WIDTHS:
-        raise ValueError(f"size must be even and >= 32 (and not {sorted(DECORD_BAD_WIDTHS)}, which decord misreads), got {size}")
+        raise ValueError(
+            f"size must be even and >= 32 (and not {sorted(DECORD_BAD_WIDTHS)}, which decord misreads), got {size}"
+        )
     if frames is not None and frames < 2:
         raise ValueError(f"frames must be >= 2, got {frames}")
     spec = PRESETS[preset]
@@ -371,8 +419,9 @@ def write_synthetic_echo(
         name = f"{preset}_s{seed}_{i:04d}"
         view = spec.views[i % len(spec.views)]
         heart = _draw_heart(rng, spec, view, anomaly, name, frames, fps)
-        heart.contraction = _solve_amplitude(_Scene(heart, size), _contraction(heart), cm_per_px)
-        video, cavity, labels = _render(heart, size, rng)
+        scene = _Scene(heart, size)
+        heart.contraction = _solve_amplitude(scene, _contraction(heart), cm_per_px)
+        video, cavity, labels = _render(scene, rng)
         measured = measure_ef(cavity, cm_per_px)
         write_video(out / "Videos" / f"{name}.mp4", video, fps)
         np.save(out / "Masks" / f"{name}.npy", labels if spec.label_maps else cavity.astype(np.uint8))

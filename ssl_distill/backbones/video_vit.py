@@ -1,0 +1,190 @@
+"""Video ViT backbone: tubelet embedding, fixed sin-cos positions, CLS token and timm blocks.
+
+Tokens are in t-major order (patch p = t * H' * W' + h * W' + w) and `idx_keep` indices are in
+sequence space as for the image ViT: 0 is the class token, patch p is index p + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from lightly.models.modules.masked_vision_transformer_timm import init_weights
+from lightly.models.utils import get_1d_sine_cosine_positional_embedding_from_positions, get_at_index
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from ssl_distill.backbones.vit import Encoded
+
+
+def sincos_3d(embed_dim: int, grid_size: tuple[int, int, int]) -> Tensor:
+    """(T' * H' * W', D) fixed positions: a quarter of the channels (rounded) encode time, the rest
+    height and width in equal halves (MAE's 2-D sin-cos)."""
+    spatial = 4 * (3 * embed_dim // 16)
+    t, h, w = (np.arange(n, dtype=np.float32) for n in grid_size)
+    tt, hh, ww = (g.reshape(-1) for g in np.meshgrid(t, h, w, indexing="ij"))
+    parts = [
+        get_1d_sine_cosine_positional_embedding_from_positions(embed_dim - spatial, tt),
+        get_1d_sine_cosine_positional_embedding_from_positions(spatial // 2, hh),
+        get_1d_sine_cosine_positional_embedding_from_positions(spatial // 2, ww),
+    ]
+    return torch.from_numpy(np.concatenate(parts, axis=1)).float()
+
+
+class VideoViT(nn.Module):
+    """ViT over (B, C, T, H, W) clips with Conv3d tubelets of `tubelet_size` x `patch_size`^2.
+
+    Same interface as the image `ViT`; `spec` rebuilds it and its state dict is the export.
+    """
+
+    kind = "video_vit"
+
+    def __init__(
+        self,
+        img_size: int = 112,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        in_chans: int = 3,
+        initialize: bool = True,
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size or num_frames % tubelet_size:
+            raise ValueError(
+                f"img_size {img_size} and num_frames {num_frames} must be multiples of patch_size {patch_size} "
+                f"and tubelet_size {tubelet_size}"
+            )
+        if embed_dim % 2:
+            raise ValueError(f"embed_dim must be even for sin-cos positions, got {embed_dim}")
+        self.config = dict(
+            img_size=img_size,
+            num_frames=num_frames,
+            patch_size=patch_size,
+            tubelet_size=tubelet_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            drop_path_rate=drop_path_rate,
+            in_chans=in_chans,
+        )
+        self._grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        positions = torch.cat([torch.zeros(1, embed_dim), sincos_3d(embed_dim, self._grid)])
+        self.register_buffer("pos_embed", positions.unsqueeze(0), persistent=False)  # rebuilt from the spec
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm)
+            for rate in rates
+        )
+        self.norm = norm(embed_dim)
+        if initialize:
+            # MAE recipe, as for the image ViT: the tubelet conv is initialised like a linear layer
+            nn.init.xavier_uniform_(self.patch_embed.weight.view(embed_dim, -1))
+            nn.init.zeros_(self.patch_embed.bias)
+            nn.init.normal_(self.cls_token, std=0.02)
+            self.blocks.apply(init_weights)
+            self.norm.apply(init_weights)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.config}
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config["embed_dim"]
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        return self.config["patch_size"]
+
+    @property
+    def tubelet_size(self) -> int:
+        return self.config["tubelet_size"]
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """(T', H', W') tokens along time, height and width."""
+        return self._grid
+
+    @property
+    def num_patches(self) -> int:
+        return int(np.prod(self._grid))
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token"}
+
+    def embed(self, video: Tensor, idx_keep: Tensor | None = None) -> Tensor:
+        """(B, C, T, H, W) -> (B, 1 + K, D) tokens with positions; only `idx_keep` tokens when given."""
+        expected = (
+            self.config["in_chans"],
+            self.config["num_frames"],
+            self.config["img_size"],
+            self.config["img_size"],
+        )
+        if tuple(video.shape[1:]) != expected:
+            raise ValueError(
+                f"VideoViT expects (B, C, T, H, W) = (B, {', '.join(map(str, expected))}), got {tuple(video.shape)}"
+            )
+        patches = self.patch_embed(video).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(video), -1, -1), patches], dim=1) + self.pos_embed
+        return tokens if idx_keep is None else get_at_index(tokens, idx_keep)
+
+    def run_blocks(
+        self, x: Tensor, taps: Sequence[int] = (), stop: int | None = None
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Run blocks [0, stop) and collect the outputs of the blocks in `taps`."""
+        stop = self.depth if stop is None else stop
+        if any(not 0 <= t < stop for t in taps):
+            raise ValueError(f"taps {list(taps)} must lie in [0, {stop}) for a {self.depth}-block video ViT")
+        collected = {}
+        for index, block in enumerate(self.blocks[:stop]):
+            x = block(x)
+            if index in taps:
+                collected[index] = x
+        return x, collected
+
+    def encode(
+        self,
+        video: Tensor,
+        idx_keep: Tensor | None = None,
+        taps: Sequence[int] = (),
+        stop: int | None = None,
+    ) -> Encoded:
+        """Encode (visible) tokens; with `stop` the run ends after block stop-1 and skips the final norm."""
+        x, collected = self.run_blocks(self.embed(video, idx_keep), taps, stop)
+        if stop is None or stop == self.depth:
+            x = self.norm(x)
+        return Encoded(x, collected)
+
+    def forward_features(self, video: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> (B, 1 + L, D): all tokens after the final norm."""
+        return self.encode(video).tokens
+
+    def forward(self, video: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> (B, D) class-token feature."""
+        return self.forward_features(video)[:, 0]
+
+    def features(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, T, H, W) -> class token (B, D) and patch tokens (B, L, D), both after the final norm."""
+        tokens = self.forward_features(video)
+        return tokens[:, 0], tokens[:, self.num_prefix_tokens :]
