@@ -51,6 +51,7 @@ class DataConfig:
     limit: int | None = None
     batch_size: int = 64
     num_workers: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific (e.g. video num_frames, stride)
     transform: Any = field(default_factory=lambda: {"name": "mae"})
 
 
@@ -183,8 +184,9 @@ def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
     if objective is None:
         raise ConfigError(f"{where}: the 'objective' section is required (one of: {', '.join(OBJECTIVES.names())})")
     cfg.objective = _check_named_section(objective, OBJECTIVES, where, "objective.")
-    if transform is None:
-        transform = OBJECTIVES.get(cfg.objective.name).default_transform
+    default_transform = OBJECTIVES.get(cfg.objective.name).default_transform
+    if transform is None or "name" not in transform:
+        transform = OmegaConf.merge(default_transform, transform or {})
     cfg.data.transform = _check_named_section(transform, TRANSFORMS, where, "data.transform.")
     if cfg.train.precision not in PRECISIONS:
         raise ConfigError(f"{where}: train.precision must be one of {PRECISIONS}, got '{cfg.train.precision}'")

@@ -7,15 +7,18 @@ transforms and batching happen elsewhere, so training and evaluation read the sa
 from __future__ import annotations
 
 import csv
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ssl_distill.config import ConfigError
 from ssl_distill.data.bundled import MNIST_CLASSES, SHAPE_CLASSES, load_mnist, make_shapes
-from ssl_distill.registry import DATASETS
+from ssl_distill.registry import DATASETS, closest
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -147,5 +150,13 @@ def csv_list(root: str | None = None, split: str = "train", limit: int | None = 
     return _limit(FileSource(files, labels, classes), limit)
 
 
-def build_source(name: str, root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
-    return DATASETS.get(name)(root=root, split=split, limit=limit)
+def build_source(name: str, root: str | None = None, split: str = "train", limit: int | None = None, **options: Any) -> Any:
+    """A registered dataset by name; `options` go to its factory (unknown ones raise, naming them)."""
+    factory = DATASETS.get(name)
+    accepted = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [key for key in options if key not in accepted and not takes_any]
+    if unknown:
+        valid = [k for k in accepted if k not in ("root", "split", "limit")]
+        raise ConfigError(f"data.options: dataset '{name}' takes no option {unknown}{closest(unknown[0], valid)}; valid: {valid}")
+    return factory(root=root, split=split, limit=limit, **options)

@@ -19,7 +19,7 @@ class MetricsLogger:
             return
         if self.path.is_file():
             with open(self.path, newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if int(row["step"]) < resume_step]
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]
             if rows:
                 self.columns = list(rows[0])
             self._rewrite(rows)

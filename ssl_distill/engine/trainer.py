@@ -41,7 +41,7 @@ class TrainResult:
 def build_dataset(cfg: DictConfig) -> Any:
     """The training dataset: an image source wrapped with its view transform, or a dataset that
     already yields batch dicts (video). Each states the batch keys it `provides`."""
-    source = build_source(cfg.data.name, cfg.data.root, cfg.data.split, cfg.data.limit)
+    source = build_source(cfg.data.name, cfg.data.root, cfg.data.split, cfg.data.limit, **cfg.data.options)
     if hasattr(source, "provides"):
         return source
     return ViewDataset(source, build_transform(cfg.data.transform))
@@ -169,7 +169,7 @@ class Trainer:
             terms = {k: float(v) for k, v in output.logs.items()}
             newest = ckpt.list_checkpoints(self.checkpoint_dir)
             raise NonFiniteLossError(
-                f"loss is {float(loss)} at step {self.step} (terms: {terms}); stopping. "
+                f"loss is {float(loss.detach())} at step {self.step} (terms: {terms}); stopping. "
                 f"Last good checkpoint: {newest[-1] if newest else 'none yet'}"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -195,8 +195,10 @@ class Trainer:
             loader.generator = generator
             yield from loader
 
-    def fit(self) -> TrainResult:
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would)."""
         cfg = self.cfg
+        last_step = self.max_steps if stop_at is None else min(stop_at, self.max_steps)
         resumed = self.maybe_resume()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,7 @@ class Trainer:
         tic = time.perf_counter()
         try:
             batches = self._batches()
-            while self.step < self.max_steps:
+            while self.step < last_step:
                 loss, logs = self.train_step(next(batches))
                 result.losses.append(loss)
                 for key, value in logs.items():
@@ -234,9 +236,10 @@ class Trainer:
         if self.is_main:
             final = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
             result.checkpoint = final if final.is_file() else self.save_checkpoint()
-            result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
+            if self.step == self.max_steps:
+                result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
         return result
 
 
-def train(cfg: DictConfig) -> TrainResult:
-    return Trainer(cfg).fit()
+def train(cfg: DictConfig, stop_at: int | None = None) -> TrainResult:
+    return Trainer(cfg).fit(stop_at)

@@ -50,12 +50,10 @@ class DINO(Objective):
         super().__init__(cfg, max_steps)
         o = cfg.objective
         self.student = build_vit(cfg.model, dynamic_img_size=True)
-        self.student_head = DINOProjectionHead(
-            self.student.embed_dim, o.hidden_dim, o.bottleneck_dim, o.output_dim,
-            batch_norm=o.batch_norm, norm_last_layer=o.norm_last_layer,
-        )
+        self.student_head = self._head()
         self.teacher = copy.deepcopy(self.student)
-        self.teacher_head = copy.deepcopy(self.student_head)
+        self.teacher_head = self._head()  # weight-normed heads cannot be deep-copied; copy the weights
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
         deactivate_requires_grad(self.teacher)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(
@@ -63,6 +61,13 @@ class DINO(Objective):
             teacher_temp=o.teacher_temp, warmup_teacher_temp=o.warmup_teacher_temp,
         )
         self.temp_warmup_steps = int(o.warmup_teacher_temp_fraction * max_steps)
+
+    def _head(self) -> DINOProjectionHead:
+        o = self.cfg.objective
+        return DINOProjectionHead(
+            self.student.embed_dim, o.hidden_dim, o.bottleneck_dim, o.output_dim,
+            batch_norm=o.batch_norm, norm_last_layer=o.norm_last_layer,
+        )
 
     @property
     def backbone(self) -> nn.Module:

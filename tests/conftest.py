@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny configs (CPU-sized models on a slice of bundled MNIST) and a tiny trained
+MAE teacher, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssl_distill.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+TINY = [
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "data.batch_size=16",
+    "data.limit=64",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+    "objective.decoder_dim=32",
+    "objective.decoder_depth=1",
+    "objective.decoder_heads=2",
+]
+
+
+def tiny_config(config: str, out_dir: Path, *overrides: str, decoder: bool = True):
+    """A config from configs/ shrunk for tests; `decoder=False` drops the MAE-decoder keys."""
+    base = [o for o in TINY if decoder or not o.startswith("objective.decoder")]
+    return load_config(CONFIGS / config, [*base, f"run.out_dir={out_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def mae_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory holding a tiny MAE teacher (48-d, 4 blocks) trained for a few steps."""
+    from ssl_distill.engine import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = tiny_config("mae/tiny_mnist.yaml", out, "model.embed_dim=48", "model.depth=4", "model.num_heads=2", "train.max_steps=8")
+    return train(cfg).run_dir
