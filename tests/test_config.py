@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from ssl_distill.cli import main
 from ssl_distill.config import ConfigError, load_config
 
 from conftest import CONFIGS
@@ -44,23 +42,23 @@ def test_missing_required_teacher(tmp_path):
         load_config(config)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ssl_distill.cli", *args], capture_output=True, text=True, timeout=120)
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """The console script's entry point in-process: exit code and stderr."""
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
-def test_cli_reports_config_errors_without_traceback(tmp_path):
-    bad_key = run_cli("train", str(CONFIGS / "mae/tiny_mnist.yaml"), "optim.lr_base=1")
-    assert bad_key.returncode == 2
-    assert "unknown key 'optim.lr_base'" in bad_key.stderr and "Traceback" not in bad_key.stderr
-    bad_type = run_cli("train", str(CONFIGS / "mae/tiny_mnist.yaml"), "data.batch_size=big")
-    assert bad_type.returncode == 2 and "data.batch_size" in bad_type.stderr and "Traceback" not in bad_type.stderr
+def test_cli_reports_config_errors_without_traceback(capsys):
+    code, err = run_cli(capsys, "train", str(CONFIGS / "mae/tiny_mnist.yaml"), "optim.lr_base=1")
+    assert code == 2 and "unknown key 'optim.lr_base' (did you mean 'base_lr'?)" in err and "Traceback" not in err
+    code, err = run_cli(capsys, "train", str(CONFIGS / "mae/tiny_mnist.yaml"), "data.batch_size=big")
+    assert code == 2 and "bad value for 'data.batch_size'" in err and "Traceback" not in err
 
 
-def test_cli_reports_a_missing_teacher_checkpoint(tmp_path):
+def test_cli_reports_a_missing_teacher_checkpoint(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "checkpoint_00000010.pt"
-    result = run_cli(
-        "train", str(CONFIGS / "dmae/tiny_mnist.yaml"), f"objective.teacher.source={missing}", f"run.out_dir={tmp_path}"
+    code, err = run_cli(
+        capsys, "train", str(CONFIGS / "dmae/tiny_mnist.yaml"), f"objective.teacher.source={missing}", f"run.out_dir={tmp_path}"
     )
-    assert result.returncode == 2
-    assert f"checkpoint not found: {missing}" in result.stderr and "Traceback" not in result.stderr
+    assert code == 2 and f"checkpoint not found: {missing}" in err and "Traceback" not in err
     assert not (tmp_path / "dmae_tiny_mnist").exists()  # nothing was started
