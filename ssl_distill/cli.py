@@ -1,30 +1,57 @@
-"""`ssl-distill train | export | data` — errors a user can fix print one line and exit 2."""
+"""`ssl-distill train | launch | export | data` — errors a user can fix print one line and exit 2."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from ssl_distill.config import ConfigError
 
+STOPPED_FOR_REQUEUE = 3  # exit code after a checkpointed stop on SIGUSR1 / SIGTERM (see slurm/)
 
-def _train(args: argparse.Namespace) -> None:
+
+def _train(args: argparse.Namespace) -> int:
+    """Train in this process, or as one rank of torchrun / srun (read from the environment)."""
     from ssl_distill.config import load_config
-    from ssl_distill.engine import train
+    from ssl_distill.engine import Preempted, Trainer
+    from ssl_distill.engine.distributed import init_distributed
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg)
-    print(f"run:        {result.run_dir}")
-    print(f"checkpoint: {result.checkpoint}")
-    print(f"backbone:   {result.exported}")
+    trainer = Trainer(cfg, init_distributed())
+    try:
+        with trainer.stop_on_signals(signal.SIGUSR1, signal.SIGTERM):
+            result = trainer.fit()
+    except Preempted as stop:
+        print(f"ssl-distill: {stop}; run the same command to resume", file=sys.stderr)
+        return STOPPED_FOR_REQUEUE
+    if trainer.is_main:
+        print(f"run:        {result.run_dir}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"backbone:   {result.exported}")
+    return 0
 
 
-def _export(args: argparse.Namespace) -> None:
+def _launch(args: argparse.Namespace) -> int:
+    """Submit to SLURM with submitit (or run through its local executor with --local)."""
+    from ssl_distill.config import load_config
+    from ssl_distill.launch import submit
+
+    cfg = load_config(args.config, args.overrides)
+    job = submit(cfg, local=args.local)
+    print(f"submitted job {job.job_id}: logs in {job.paths.folder}")
+    if args.wait or args.local:
+        print(job.result())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
     from ssl_distill.backbones import export_backbone, load_backbone
 
     path = export_backbone(load_backbone(args.checkpoint), args.out)
     print(f"wrote {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", type=Path)
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2")
     train.set_defaults(run=_train)
+    launch = commands.add_parser("launch", help="submit training to SLURM with submitit (slurm.* keys)")
+    launch.add_argument("config", type=Path)
+    launch.add_argument("overrides", nargs="*", help="key=value overrides, e.g. slurm.nodes=2 slurm.partition=gpu")
+    where = launch.add_mutually_exclusive_group()
+    where.add_argument("--slurm", action="store_true", help="submit to SLURM (the default)")
+    where.add_argument("--local", action="store_true", help="run through submitit's local executor and wait")
+    launch.add_argument("--wait", action="store_true", help="wait for the job and print its result")
+    launch.set_defaults(run=_launch)
     export = commands.add_parser("export", help="write a checkpoint's backbone as timm-loadable safetensors")
     export.add_argument("checkpoint", help="checkpoint .pt or run directory")
     export.add_argument("out", type=Path)
@@ -49,12 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args)
     except (*USER_ERRORS, BackboneLoadError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ssl-distill: error: {message}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

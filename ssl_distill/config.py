@@ -82,6 +82,26 @@ class TrainConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """submitit AutoExecutor parameters for `ssl-distill launch --slurm`; None leaves SLURM's default."""
+
+    folder: str | None = None  # submitit logs and pickles; default <run dir>/submitit
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 1
+    tasks_per_node: int | None = None  # default: one process per GPU
+    cpus_per_task: int = 8
+    mem_gb: int | None = None
+    timeout_min: int = 1440
+    signal_delay_s: int = 120  # the checkpoint signal comes this long before the time limit
+    max_requeues: int = 30
+    additional: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH options
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -89,6 +109,7 @@ class Config:
     objective: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")

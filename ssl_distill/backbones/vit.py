@@ -69,6 +69,7 @@ class ViT(nn.Module):
             weight_initialization="" if initialize else "skip",
             pos_embed_initialization="sincos" if initialize else "skip",
         )
+        self.encoder.mask_token.requires_grad_(False)  # tokens are dropped, never replaced by a mask token
 
     @property
     def spec(self) -> dict[str, Any]:

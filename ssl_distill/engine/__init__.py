@@ -1,5 +1,5 @@
 """Training engine: trainer loop, schedules, checkpoints, logging."""
 
-from ssl_distill.engine.trainer import NonFiniteLossError, Trainer, TrainResult, train
+from ssl_distill.engine.trainer import NonFiniteLossError, Preempted, Trainer, TrainResult, train
 
-__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "train"]
+__all__ = ["NonFiniteLossError", "Preempted", "TrainResult", "Trainer", "train"]

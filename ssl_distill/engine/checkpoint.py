@@ -57,7 +57,8 @@ def load_latest(folder: Path) -> tuple[Path, dict[str, Any]] | None:
         try:
             return path, read_checkpoint(path)
         except Exception as error:  # a damaged file must not stop a resume from an older one
-            warnings.warn(f"skipping unreadable checkpoint {path}: {type(error).__name__}: {error}", stacklevel=2)
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            warnings.warn(f"skipping unreadable checkpoint {path}: {type(error).__name__}: {first_line}", stacklevel=2)
     return None
 
 

@@ -38,7 +38,7 @@ class MetricsLogger:
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        row = {"step": step, **{k: f"{v:.6g}" for k, v in values.items()}}
+        row = {"step": step, **{k: f"{v:.9g}" for k, v in values.items()}}
         if self.columns is None or set(row) - set(self.columns):
             old = []
             if self.columns and self.path.is_file():

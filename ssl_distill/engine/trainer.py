@@ -4,7 +4,9 @@ atomic checkpoints and exact resume. It knows objectives only through their cont
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from ssl_distill.backbones import export_backbone
 from ssl_distill.config import ConfigError, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
 from ssl_distill.engine import checkpoint as ckpt
+from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
 from ssl_distill.engine.logger import MetricsLogger
 from ssl_distill.engine.schedules import warmup_cosine
 from ssl_distill.objectives import Objective
@@ -26,6 +29,14 @@ from ssl_distill.registry import OBJECTIVES
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class Preempted(RuntimeError):
+    """A stop was requested (preemption or time-limit signal); a checkpoint was written at `step`."""
+
+    def __init__(self, step: int, checkpoint: Path | None, seconds: float) -> None:
+        super().__init__(f"stopped at step {step}: checkpoint {checkpoint} written {seconds:.2f} s after the signal")
+        self.step, self.checkpoint, self.seconds = step, checkpoint, seconds
 
 
 @dataclass
@@ -47,12 +58,12 @@ def build_dataset(cfg: DictConfig) -> Any:
     return ViewDataset(source, build_transform(cfg.data.transform))
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is available")
-    return torch.device(name)
+    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -68,12 +79,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 class Trainer:
     """`Trainer(cfg).fit()` trains `cfg.objective` on `cfg.data` into `run.out_dir/run.name`."""
 
-    def __init__(self, cfg: DictConfig, rank: int = 0, world_size: int = 1) -> None:
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.is_main = rank == 0
+    def __init__(self, cfg: DictConfig, dist_env: DistEnv | None = None) -> None:
+        dist_env = dist_env or DistEnv()
+        self.cfg, self.rank, self.world_size = cfg, dist_env.rank, dist_env.world_size
+        self.is_main = dist_env.is_main
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.device = _device(cfg.train.device)
+        self.device = _device(cfg.train.device, dist_env.local_rank)
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
 
@@ -87,13 +99,20 @@ class Trainer:
                 f"objective '{cfg.objective.name}' needs batch keys {sorted(missing)} that dataset "
                 f"'{cfg.data.name}' does not provide (it gives {sorted(self.dataset.provides)})"
             )
-        self.sampler = ResumableSampler(len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=rank, world_size=world_size)
+        self.sampler = ResumableSampler(
+            len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=self.rank, world_size=self.world_size
+        )
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.max_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
         self.objective: Objective = objective_cls(cfg, self.max_steps).to(self.device)
+        self.model: torch.nn.Module = self.objective
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.objective, device_ids=device_ids)
+        torch.manual_seed(cfg.run.seed + self.rank)  # identical weights, per-rank masks and dropout
         o = cfg.optim
-        global_batch = cfg.data.batch_size * world_size
+        global_batch = cfg.data.batch_size * self.world_size
         self.lr = o.lr if o.lr is not None else o.base_lr * global_batch / 256
         warmup = int(o.warmup_fraction * self.max_steps)
         self.lr_schedule = warmup_cosine(self.lr, o.min_lr, self.max_steps, warmup)
@@ -102,6 +121,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.objective.param_groups(o.weight_decay), lr=self.lr, betas=tuple(o.betas))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.step = 0
+        self.stop_requested_at: float | None = None
+        self.saved_step: int | None = None
 
     # -- state ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -112,7 +133,7 @@ class Trainer:
             "model": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": gather_objects(ckpt.rng_state()),  # one entry per rank
             "config": to_yaml(self.cfg),
             "backbone": module.state_dict(),
             "backbone_spec": backbone.spec,
@@ -122,15 +143,36 @@ class Trainer:
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        states = state["rng"]
+        ckpt.set_rng_state(states[min(self.rank, len(states) - 1)])
         self.step = int(state["step"])
+        self.saved_step = self.step
 
     def save_checkpoint(self) -> Path | None:
-        if not self.is_main:
-            return None
-        path = ckpt.save_atomic(self.state(), ckpt.checkpoint_path(self.checkpoint_dir, self.step))
-        ckpt.prune(self.checkpoint_dir, self.cfg.train.keep_checkpoints)
+        """Collective: every rank calls it; rank 0 writes."""
+        state = self.state()
+        path = None
+        if self.is_main:
+            path = ckpt.save_atomic(state, ckpt.checkpoint_path(self.checkpoint_dir, self.step))
+            ckpt.prune(self.checkpoint_dir, self.cfg.train.keep_checkpoints)
+        barrier()
+        self.saved_step = self.step
         return path
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish the current step, write a checkpoint and raise Preempted (signal-safe)."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stop_on_signals(self, *signums: int) -> Iterator[None]:
+        """While active, the given signals request a checkpointed stop instead of killing the run."""
+        previous = {s: signal.signal(s, lambda *_: self.request_stop()) for s in signums}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def maybe_resume(self) -> Path | None:
         if not self.cfg.train.resume:
@@ -163,7 +205,7 @@ class Trainer:
         lr = self._set_schedules(self.step)
         self.objective.train()
         with self._autocast():
-            output = self.objective(_to_device(batch, self.device), self.step)
+            output = self.model(_to_device(batch, self.device), self.step)
         loss = output.loss
         if not torch.isfinite(loss.detach()):
             terms = {k: float(v) for k, v in output.logs.items()}
@@ -185,7 +227,7 @@ class Trainer:
         self.step += 1
         return float(loss.detach()), {"loss": float(loss.detach()), "lr": lr, **logs}
 
-    def _batches(self):
+    def _batches(self) -> Iterator[dict[str, Any]]:
         """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run."""
         generator = torch.Generator()  # the loader draws its worker seed here, not from the global RNG
         while True:
@@ -227,17 +269,21 @@ class Trainer:
                     logger.log(self.step, means)
                     bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{means['images_per_s']:.0f}")
                     window, tic = {}, time.perf_counter()
+                if any_rank(self.stop_requested_at is not None, self.device):
+                    self.request_stop()  # ranks that got no signal stop too
+                    path = self.save_checkpoint()
+                    raise Preempted(self.step, path, time.perf_counter() - self.stop_requested_at)
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < self.max_steps:
-                    result.checkpoint = self.save_checkpoint() or result.checkpoint
+                    self.save_checkpoint()
         finally:
             bar.close()
             logger.close()
         result.steps = self.step
-        if self.is_main:
-            final = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
-            result.checkpoint = final if final.is_file() else self.save_checkpoint()
-            if self.step == self.max_steps:
-                result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
+        if self.saved_step != self.step:
+            self.save_checkpoint()
+        result.checkpoint = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+        if self.is_main and self.step == self.max_steps:
+            result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
         return result
 
 
