@@ -27,7 +27,7 @@ BACKBONES.register("video_vit")(VideoViT)
 
 SPEC_KEY = "ssl_distill.spec"
 
-__all__ = ["BACKBONES", "ViT", "Encoded", "mask_from_keep", "build_backbone", "load_backbone", "export_backbone"]
+__all__ = ["BACKBONES", "ViT", "Encoded", "mask_from_keep", "build_backbone", "load_backbone", "export_backbone", "backbone_weights"]
 
 
 class BackboneLoadError(ValueError):
@@ -41,9 +41,10 @@ def build_backbone(spec: dict[str, Any], initialize: bool = True) -> nn.Module:
     return BACKBONES.get(kind)(**spec, initialize=initialize)
 
 
-def _exportable_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
+def backbone_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights in timm's naming (the bare VisionTransformer for an image ViT)."""
     module = backbone.vit if isinstance(backbone, ViT) else backbone
-    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    return module.state_dict()
 
 
 def _load_strict(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -63,7 +64,8 @@ def export_backbone(backbone: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_exportable_state(backbone), str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
+    weights = {k: v.detach().contiguous() for k, v in backbone_weights(backbone).items()}
+    save_file(weights, str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
     tmp.replace(path)
     return path
 

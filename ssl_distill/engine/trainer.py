@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from ssl_distill.backbones import export_backbone
+from ssl_distill.backbones import backbone_weights, export_backbone
 from ssl_distill.config import ConfigError, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
 from ssl_distill.engine import checkpoint as ckpt
@@ -123,11 +123,10 @@ class Trainer:
         self.step = 0
         self.stop_requested_at: float | None = None
         self.saved_step: int | None = None
+        self.skipped_samples = 0
 
     # -- state ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        backbone = self.objective.backbone
-        module = getattr(backbone, "vit", backbone)
         return {
             "step": self.step,
             "model": self.objective.state_dict(),
@@ -135,8 +134,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": gather_objects(ckpt.rng_state()),  # one entry per rank
             "config": to_yaml(self.cfg),
-            "backbone": module.state_dict(),
-            "backbone_spec": backbone.spec,
+            "backbone": backbone_weights(self.objective.backbone),  # shares storage with "model"
+            "backbone_spec": self.objective.backbone.spec,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -217,6 +216,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         logs = {k: float(v) for k, v in output.logs.items()}
+        if "skipped" in batch:  # unreadable videos the dataset passed over for this batch
+            self.skipped_samples += int(batch["skipped"].sum())
+            logs["skipped_samples"] = self.skipped_samples
         if self.cfg.optim.clip_grad:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
