@@ -1,6 +1,7 @@
 """Pure loss modules: tensors in, scalar out, shapes in each docstring."""
 
+from ssl_distill.losses.cluster_distillation import ClusterDistillationLoss
 from ssl_distill.losses.feature_distillation import NormalizedL1Loss
 from ssl_distill.losses.reconstruction import MaskedReconstructionLoss
 
-__all__ = ["MaskedReconstructionLoss", "NormalizedL1Loss"]
+__all__ = ["ClusterDistillationLoss", "MaskedReconstructionLoss", "NormalizedL1Loss"]

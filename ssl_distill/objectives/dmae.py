@@ -72,7 +72,7 @@ class DMAE(Objective):
             nn.Linear(self.backbone.embed_dim, teacher.embed_dim) for _ in self.student_blocks
         )
         self.decoder = PixelDecoder(
-            self.backbone.num_patches, self.backbone.patch_size, self.backbone.embed_dim,
+            self.backbone.grid_size, self.backbone.embed_dim, self.backbone.patch_size**2 * 3,
             o.decoder_dim, o.decoder_depth, o.decoder_heads,
         )
         self.reconstruction = MaskedReconstructionLoss(norm_pix=o.norm_pix_loss)
