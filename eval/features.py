@@ -1,0 +1,227 @@
+"""Frozen-backbone features: batched no-grad extraction and pooling, plus the `features` protocol.
+
+A dataset plugs in through an adapter that maps its items to `Item(input, label, target, mask)`:
+image sources (`Sample`) get the deterministic eval transform, video datasets (dict items with a
+`video` clip) pass through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from eval.results import Result
+from ssl_distill.data import eval_transform
+
+if TYPE_CHECKING:
+    from eval.store import FeatureStore
+
+
+@dataclass
+class Item:
+    """One dataset item, ready for the backbone: input (C, H, W) image, (C, T, H, W) clip or (K, C, T, H, W)
+    clips; target is a continuous label (e.g. ejection fraction), NaN if none; mask (H, W) (or (T, H, W)
+    for a clip) int64 class per pixel, or None."""
+
+    input: Tensor
+    label: int
+    target: float
+    mask: Tensor | None
+
+
+@dataclass
+class Features:
+    """Features of one split. feats: (N, D) pooled, or (N, L, D) float16 patch tokens on `grid`;
+    labels (N,) int64; targets (N,) float32 (NaN: none); masks (N, H, W) int64 or None."""
+
+    feats: Tensor
+    labels: Tensor
+    targets: Tensor
+    masks: Tensor | None
+    grid: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else int(self.labels.max()) + 1
+
+
+class ImageAdapter:
+    """Sample(image, label, mask) -> Item; a mask goes through the same resize and centre crop (nearest)."""
+
+    def __init__(self, img_size: int, mean: list[float], std: list[float]) -> None:
+        self.img_size = img_size
+        self.transform = eval_transform(img_size, mean, std)
+        self.key = {"kind": "image", "img_size": img_size, "mean": list(mean), "std": list(std)}
+
+    def __call__(self, sample: Any) -> Item:
+        mask = None
+        if sample.mask is not None:
+            mask = torch.as_tensor(np.asarray(sample.mask), dtype=torch.int64)[None]
+            if mask.shape[-2:] != (self.img_size, self.img_size):
+                mask = TF.resize(mask, self.img_size, interpolation=TF.InterpolationMode.NEAREST)
+                mask = TF.center_crop(mask, self.img_size)
+            mask = mask[0]
+        return Item(self.transform(sample.image), int(sample.label), math.nan, mask)
+
+
+class VideoAdapter:
+    """{'video': (C, T, H, W) or (K, C, T, H, W) clips, 'label', 'ef'[, 'frame_masks']} -> Item; the
+    dataset's own clip transform applies (for evaluation, give it a deterministic one)."""
+
+    key = {"kind": "video"}
+
+    def __call__(self, item: dict[str, Any]) -> Item:
+        mask = item.get("frame_masks")
+        return Item(
+            torch.as_tensor(item["video"], dtype=torch.float32),
+            int(item["label"]),
+            float(item.get("ef", math.nan)),
+            None if mask is None else torch.as_tensor(mask, dtype=torch.int64),
+        )
+
+
+Adapter = Callable[[Any], Item]
+
+
+def adapter_for(source: Dataset, img_size: int | None, mean: list[float], std: list[float]) -> Adapter:
+    """Pick the adapter from the first item: a dict with 'video' is a clip, anything else an image Sample."""
+    first = source[0]
+    if isinstance(first, dict) and "video" in first:
+        return VideoAdapter()
+    if img_size is None:
+        raise ValueError("image data needs data.img_size (the backbone's spec has no img_size)")
+    return ImageAdapter(img_size, mean, std)
+
+
+class _Adapted(Dataset):
+    def __init__(self, source: Dataset, adapter: Adapter) -> None:
+        self.source, self.adapter = source, adapter
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Item:
+        return self.adapter(self.source[index])
+
+
+def _collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    masks = None if any(item.mask is None for item in items) else torch.stack([item.mask for item in items])
+    return (
+        torch.stack([item.input for item in items]),
+        torch.tensor([item.label for item in items], dtype=torch.int64),
+        torch.tensor([item.target for item in items], dtype=torch.float32),
+        masks,
+    )
+
+
+def pool(cls: Tensor, tokens: Tensor, pooling: str) -> Tensor:
+    """cls (B, D), tokens (B, L, D) -> (B, D) 'cls' / 'mean', (B, 2D) 'cls_mean', or (B, L, D) 'patch'."""
+    if pooling == "cls":
+        return cls
+    if pooling == "mean":
+        return tokens.mean(1)
+    if pooling == "cls_mean":
+        return torch.cat([cls, tokens.mean(1)], dim=1)
+    if pooling == "patch":
+        return tokens
+    raise ValueError(f"unknown pooling '{pooling}'")
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    adapter: Adapter,
+    pooling: str = "cls",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    classes: tuple[str, ...] = (),
+    progress: bool = False,
+    desc: str = "features",
+) -> Features:
+    """Run the backbone over a dataset in batches (bf16 autocast on GPU) and pool its outputs; items of
+    K clips (B, K, C, T, H, W) get the mean of their clips' pooled features."""
+    device = torch.device(device)
+    backbone = backbone.eval().to(device)
+    loader = DataLoader(
+        _Adapted(dataset, adapter),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    feats, labels, targets, masks = [], [], [], []
+    for inputs, label, target, mask in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        clips = inputs.shape[1] if inputs.dim() == 6 else 0
+        inputs = inputs.flatten(0, 1) if clips else inputs
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            cls, tokens = backbone.features(inputs.to(device, non_blocking=True))
+        pooled = pool(cls.float(), tokens.float(), pooling)
+        pooled = pooled.unflatten(0, (-1, clips)).mean(1) if clips else pooled
+        feats.append(pooled.half().cpu() if pooling == "patch" else pooled.cpu())
+        labels.append(label)
+        targets.append(target)
+        masks.append(mask)
+    return Features(
+        feats=torch.cat(feats),
+        labels=torch.cat(labels),
+        targets=torch.cat(targets),
+        masks=None if any(m is None for m in masks) else torch.cat(masks),
+        grid=tuple(int(g) for g in backbone.grid_size),
+        classes=tuple(classes),
+    )
+
+
+def projection_sample(features: Features, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Up to `size` pooled features with their labels (and class names), for the report's 2-D projection."""
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(features), size=min(size, len(features)), replace=False))
+    return {
+        "feats": features.feats[chosen].float().numpy(),
+        "labels": features.labels[chosen].numpy(),
+        "classes": np.array(features.classes, dtype=str),
+    }
+
+
+def feature_statistics(feats: Tensor) -> dict[str, float]:
+    """(N, D) -> collapse indicators: mean per-dimension std of normalised features (1/sqrt(D) when
+    spread out, 0 when collapsed), RankMe effective rank exp(entropy of normalised singular values), norm."""
+    feats = feats.float()
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    singular = torch.linalg.svdvals(feats - feats.mean(0))
+    p = singular / singular.sum().clamp_min(1e-12) + 1e-12
+    return {
+        "normalized_std": float(unit.std(0).mean()),
+        "effective_rank": float(torch.exp(-(p * p.log()).sum())),
+        "mean_norm": float(feats.norm(dim=1).mean()),
+    }
+
+
+def run(store: FeatureStore, cfg: DictConfig) -> Result:
+    """Extract (or load) and cache features of each split; report their shapes and collapse indicators."""
+    c = cfg.features
+    rows, metrics, arrays = [], {}, {}
+    for split in c.splits:
+        features = store.features(split, c.pooling)
+        if c.pooling == "patch":
+            features = replace(features, feats=features.feats.float().mean(1))
+        stats = feature_statistics(features.feats)
+        rows.append({"split": split, "samples": len(features), "dim": features.feats.shape[1], **stats})
+        metrics.update({f"{name}/{split}": float(value) for name, value in stats.items()})
+        arrays.setdefault("sample", projection_sample(features, c.sample))
+    return Result("features", metrics, rows, {"pooling": c.pooling, "cache": dict(store.used)}, arrays)
