@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from eval.api import DEFAULT_DATA, run_protocol
+import submitit
+
+from eval.api import DEFAULT_DATA, default_out_dir, run_protocol
 from eval.config import load_eval_config
 from eval.report import build_report
 from eval.results import format_table
+from ssl_distill.launch.executors import make_executor
 
 HELP = {
     "features": "extract and cache features; shapes and collapse indicators",
@@ -44,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "overrides", nargs="*", metavar="key=value", help="settings, e.g. knn.ks=[10,20]"
         )
+        where = command.add_mutually_exclusive_group()
+        where.add_argument("--slurm", action="store_true", help="run as a SLURM job via submitit (slurm.* settings)")
+        where.add_argument("--local", action="store_true", help="run through submitit's local executor")
     report = commands.add_parser("report", help="collect result JSONs (and metrics.csv) into Markdown + HTML")
     report.add_argument("path", help="a run directory or a results directory")
     report.add_argument("--out", default=None, help="report folder (default <path>/report)")
@@ -51,6 +58,31 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="settings, e.g. report.projection=pca"
     )
     return parser
+
+
+class EvalJob:
+    """One protocol run as a submitit job (feature extraction is the heavy part)."""
+
+    def __init__(self, protocol: str, backbone: str, data: str | None, overrides: list[str], out: str | None) -> None:
+        self.args = (protocol, backbone, data, overrides, out)
+
+    def __call__(self) -> dict:
+        result, path = run_protocol(*self.args)
+        return {"metrics": result.metrics, "path": str(path)}
+
+    def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(EvalJob(*self.args))  # features cached so far are reused
+
+
+def _submit(args: argparse.Namespace) -> int:
+    cfg = load_eval_config(args.data, args.overrides)
+    out = Path(args.out) if args.out else default_out_dir(args.backbone)
+    executor = make_executor(cfg.slurm, out / "submitit", f"eval-{args.command}", local=args.local)
+    job = executor.submit(EvalJob(args.command, args.backbone, args.data, args.overrides, args.out))
+    print(f"submitted job {job.job_id}: logs in {job.paths.folder}")
+    if args.local:
+        print(job.result())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             page = build_report(args.path, args.out, cfg.report)
             print(f"wrote {page} and {page.with_suffix('.md')}")
             return 0
+        if args.slurm or args.local:
+            return _submit(args)
         result, path = run_protocol(args.command, args.backbone, args.data, args.overrides, args.out)
     except (ValueError, KeyError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from ssl_distill.config import ConfigError, SlurmConfig, merge_checked
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ssl_distill.registry import closest
 
 POOLINGS = ("cls", "mean", "cls_mean", "patch")
 
@@ -155,16 +154,7 @@ class EvalConfig:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-
-
-def _keys_at(dotted: str) -> list[str]:
-    node: Any = EvalConfig
-    for part in dotted.split(".")[:-1]:
-        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
-        if part not in fields:
-            return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
-        node = fields[part].default_factory() if callable(fields[part].default_factory) else None
-    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # for --slurm / --local launches
 
 
 def _data_mapping(data: str) -> Any:
@@ -183,22 +173,14 @@ def _data_mapping(data: str) -> Any:
 
 def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Defaults, then `data` (a name or YAML file), then `key=value` overrides; unknown keys raise."""
-    merged = OmegaConf.structured(EvalConfig)
     for item in overrides:
         if "=" not in item:
             raise EvalConfigError(f"override '{item}' is not of the form key=value")
     layers = ([_data_mapping(data)] if data else []) + [OmegaConf.from_dotlist(list(overrides))]
-    for layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as error:
-            key = str(getattr(error, "full_key", None) or getattr(error, "key", None) or "?")
-            message = str(error).splitlines()[0]
-            if "not in" in message or "Key '" in message:
-                raise EvalConfigError(
-                    f"unknown key '{key}'{closest(key.split('.')[-1], _keys_at(key))}"
-                ) from None
-            raise EvalConfigError(f"bad value for '{key}': {message}") from None
+    try:
+        merged = merge_checked(EvalConfig, OmegaConf.merge(*layers), "ssl-eval")
+    except ConfigError as error:
+        raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
     for section in ("features", "knn", "linear", "retrieve", "anomaly"):
         if merged[section].pooling not in POOLINGS:
             raise EvalConfigError(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
-
-from ssl_distill.config import ConfigError
 
 STOPPED_FOR_REQUEUE = 3  # exit code after a checkpointed stop on SIGUSR1 / SIGTERM (see slurm/)
 
@@ -36,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace) -> int:
     """Submit to SLURM with submitit (or run through its local executor with --local)."""
     from ssl_distill.config import load_config
-    from ssl_distill.launch import submit
+    from ssl_distill.launch.submit import submit
 
     cfg = load_config(args.config, args.overrides)
     job = submit(cfg, local=args.local)
@@ -76,16 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, KeyError)
+# Wrong values, paths or names in a config or on the command line (ConfigError and BackboneLoadError
+# are ValueErrors): one line, exit 2. SSL_DISTILL_DEBUG=1 shows the traceback instead.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssl_distill.backbones import BackboneLoadError
-
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (*USER_ERRORS, BackboneLoadError) as error:
+    except USER_ERRORS as error:
+        if os.environ.get("SSL_DISTILL_DEBUG"):
+            raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ssl-distill: error: {message}", file=sys.stderr)
         return 2

@@ -148,7 +148,7 @@ def _valid_keys(schema: Any, dotted: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 
 
-def _merge_checked(schema: type, data: Any, where: str, prefix: str = "") -> DictConfig:
+def merge_checked(schema: type, data: Any, where: str, prefix: str = "") -> DictConfig:
     """Merge user values into a dataclass schema; turn OmegaConf errors into ConfigErrors."""
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), data)
@@ -171,7 +171,7 @@ def _check_named_section(section: Any, registry: Any, where: str, prefix: str) -
             f"{where}: unknown {registry.kind} '{prefix}name={name}'{closest(str(name), registry.names())}; "
             f"known: {', '.join(registry.names())}"
         )
-    return _merge_checked(registry.get(name).Config, section, where, prefix)
+    return merge_checked(registry.get(name).Config, section, where, prefix)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -201,7 +201,7 @@ def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
     transform = None
     if "data" in user and user.data is not None and "transform" in user.data:
         transform = user.data.pop("transform")
-    cfg = _merge_checked(Config, user, where)
+    cfg = merge_checked(Config, user, where)
     if objective is None:
         raise ConfigError(f"{where}: the 'objective' section is required (one of: {', '.join(OBJECTIVES.names())})")
     cfg.objective = _check_named_section(objective, OBJECTIVES, where, "objective.")

@@ -15,6 +15,7 @@ from ssl_distill.config import ConfigError, load_config
 from ssl_distill.engine import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RANDOM_INIT_SIZES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,21 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     for label, result in (("MAE teacher", teacher), ("DMAE student", student)):
         print(f"{label:13s} run {result.run_dir}  checkpoint {result.checkpoint}  backbone {result.exported}")
     if not args.no_eval:
-        print("== 3/3 frozen-feature evaluation ==", flush=True)
-        from eval.api import compare_backbones
+        print("== 3/3 frozen-feature evaluation (kNN and linear probe on MNIST val, segmentation on shapes) ==", flush=True)
+        from eval.api import evaluate, format_results
 
-        random_init = dict(student.checkpoint and {"source": str(student_cfg.model.name), **_sizes(student_cfg)})
-        table = compare_backbones(
-            {"MAE teacher": str(teacher.exported), "DMAE student": str(student.exported), "random init": random_init},
-            out_dir=Path(args.out) / "eval",
-        )
-        print(table)
+        out = Path(args.out) / "eval"
+        sizes = [f"model.{key}={value}" for key, value in dict(student_cfg.model).items() if key in RANDOM_INIT_SIZES]
+        rows = {
+            "MAE teacher": evaluate(teacher.exported, out=out / "mae_teacher"),
+            "DMAE student": evaluate(student.exported, out=out / "dmae_student"),
+            "random init (student shape)": evaluate(student_cfg.model.name, overrides=sizes, out=out / "random_init"),
+        }
+        print(format_results(rows))
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def _sizes(cfg) -> dict:
-    return {k: v for k, v in dict(cfg.model).items() if k != "name" and v is not None}
 
 
 if __name__ == "__main__":

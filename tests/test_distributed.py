@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from ssl_distill.config import load_config
 from ssl_distill.engine import Trainer, train
 from ssl_distill.engine import checkpoint as ckpt
-from ssl_distill.launch import submit
+from ssl_distill.launch.submit import submit
 
 from conftest import CONFIGS, REPO, TINY, tiny_config
 

@@ -17,6 +17,8 @@ from lightly.models.modules import MaskedVisionTransformerTIMM
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ssl_distill.registry import closest
+
 
 @dataclass
 class Encoded:
@@ -59,6 +61,8 @@ class ViT(nn.Module):
             dynamic_img_size=dynamic_img_size or None,
         )
         self.timm_kwargs: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
+        if name not in timm.list_models():
+            raise ValueError(f"model.name '{name}' is not a timm model{closest(name, timm.list_models('vit*'))}")
         vit = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **self.timm_kwargs)
         if not isinstance(vit, VisionTransformer):
             raise ValueError(f"model.name '{name}' is a {type(vit).__name__}, not a timm VisionTransformer")

@@ -55,7 +55,8 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         val[rng.choice(members, size=len(members) // 5, replace=False)] = True
     if split not in ("train", "val"):
         raise ValueError(f"data.split for mnist must be 'train', 'val' or 'all', got '{split}'")
-    keep = val if split == "val" else ~val
+    keep = np.flatnonzero(val if split == "val" else ~val)
+    keep = keep[rng.permutation(len(keep))]  # the file is sorted by digit: mix classes so `limit` takes all
     return images[keep], labels[keep]
 
 

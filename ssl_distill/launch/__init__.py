@@ -1,6 +1,3 @@
 """Launching: one process, torchrun DDP (the same `ssl-distill train` command) and SLURM through
-submitit with checkpoint-on-signal and requeue."""
-
-from ssl_distill.launch.submit import TrainJob, submit
-
-__all__ = ["TrainJob", "submit"]
+submitit: `launch.submit` for training jobs (checkpoint-on-signal, requeue), `launch.executors` for
+the executors that training and evaluation share."""

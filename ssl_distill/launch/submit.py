@@ -17,9 +17,10 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig
 
-from ssl_distill.config import as_dict, from_yaml, to_yaml
+from ssl_distill.config import from_yaml, to_yaml
 from ssl_distill.engine.distributed import init_distributed
 from ssl_distill.engine.trainer import Preempted, Trainer
+from ssl_distill.launch.executors import make_executor
 
 
 def _preemption_signal() -> int:
@@ -58,32 +59,7 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.config_yaml))
 
 
-def executor_for(cfg: DictConfig, local: bool = False) -> submitit.Executor:
-    """An AutoExecutor with the config's `slurm` section, or submitit's LocalExecutor."""
-    s = cfg.slurm
-    folder = Path(s.folder or Path(cfg.run.out_dir) / cfg.run.name / "submitit")
-    tasks = s.tasks_per_node or max(s.gpus_per_node, 1)
-    if local:
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=s.timeout_min, tasks_per_node=tasks, gpus_per_node=s.gpus_per_node if tasks > 1 else 0)
-        return executor
-    executor = submitit.AutoExecutor(folder=folder, slurm_max_num_timeout=s.max_requeues)
-    extra = {"slurm_" + k: v for k, v in (("partition", s.partition), ("account", s.account), ("qos", s.qos), ("constraint", s.constraint)) if v}
-    executor.update_parameters(
-        name=cfg.run.name,
-        nodes=s.nodes,
-        gpus_per_node=s.gpus_per_node,
-        tasks_per_node=tasks,
-        cpus_per_task=s.cpus_per_task,
-        timeout_min=s.timeout_min,
-        slurm_signal_delay_s=s.signal_delay_s,
-        slurm_additional_parameters=as_dict(s.additional),
-        **({"mem_gb": s.mem_gb} if s.mem_gb is not None else {}),
-        **extra,
-    )
-    return executor
-
-
 def submit(cfg: DictConfig, local: bool = False) -> submitit.Job:
     """Submit a training job for `cfg`; returns the submitit job (`job.result()` waits for it)."""
-    return executor_for(cfg, local).submit(TrainJob(to_yaml(cfg)))
+    executor = make_executor(cfg.slurm, Path(cfg.run.out_dir) / cfg.run.name / "submitit", cfg.run.name, local)
+    return executor.submit(TrainJob(to_yaml(cfg)))
