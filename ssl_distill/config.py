@@ -227,3 +227,15 @@ def from_yaml(text: str) -> DictConfig:
 
 def as_dict(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def config_changes(old: DictConfig, new: DictConfig, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two resolved configs."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, DictConfig) and isinstance(b, DictConfig):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif as_dict(a) != as_dict(b):
+            changes.append(f"{prefix}{key}: {as_dict(a)} -> {as_dict(b)}")
+    return changes

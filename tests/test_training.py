@@ -50,6 +50,9 @@ def test_resume_continues_exactly(tmp_path):
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
     with open(second.run_dir / "metrics.csv") as handle:
         assert [int(r["step"]) for r in csv.DictReader(handle)] == list(range(1, 11))
+    changed = Trainer(tiny_config("mae/tiny_mnist.yaml", tmp_path / "b", *common, "optim.min_lr=1e-5"))
+    with pytest.warns(UserWarning, match=r"changed config: optim.min_lr: 0.0 -> 1e-05"):
+        assert changed.maybe_resume() is not None
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):

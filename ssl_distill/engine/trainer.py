@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from ssl_distill.backbones import backbone_weights, export_backbone
-from ssl_distill.config import ConfigError, to_yaml
+from ssl_distill.config import ConfigError, config_changes, from_yaml, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
 from ssl_distill.engine import checkpoint as ckpt
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
@@ -180,6 +181,9 @@ class Trainer:
         if found is None:
             return None
         path, state = found
+        changed = config_changes(from_yaml(state["config"]), self.cfg)
+        if changed and self.is_main:
+            warnings.warn(f"resuming {path} with a changed config: {'; '.join(changed)}", stacklevel=2)
         self.load_state(state)
         return path
 
