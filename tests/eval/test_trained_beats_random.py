@@ -1,0 +1,27 @@
+"""The demo's MAE recipe (configs/mae/tiny_mnist.yaml, shrunk to 64-d x 4 blocks) learns features that beat
+a randomly initialised ViT of the same shape on bundled MNIST kNN and linear-probe accuracy."""
+
+from __future__ import annotations
+
+from eval.api import evaluate
+from ssl_distill.config import load_config
+from ssl_distill.engine import train
+
+from conftest import CONFIGS
+
+SHAPE = {"embed_dim": 64, "depth": 4, "num_heads": 2}
+
+
+def test_trained_mae_beats_random_init(tmp_path):
+    overrides = [f"model.{k}={v}" for k, v in SHAPE.items()]
+    decoder = ["objective.decoder_dim=64", "objective.decoder_heads=2", "objective.decoder_depth=1"]
+    cfg = load_config(
+        CONFIGS / "mae/tiny_mnist.yaml",
+        [*overrides, *decoder, "train.max_steps=600", f"run.out_dir={tmp_path}", "train.progress=false", "train.tensorboard=false"],
+    )
+    trained = evaluate(train(cfg).exported, protocols=("knn", "linear"), overrides=["run.cache=false"])
+    sizes = [f"model.{k}={v}" for k, v in {"img_size": 32, "patch_size": 4, **SHAPE}.items()]
+    random = evaluate(cfg.model.name, protocols=("knn", "linear"), overrides=[*sizes, "run.cache=false"])
+    # measured: kNN 0.53 vs 0.42, linear 0.78 vs 0.71 (MNIST val, 1,000 images)
+    assert trained["knn_top1"] > random["knn_top1"] + 0.05
+    assert trained["linear_top1"] > random["linear_top1"] + 0.03
