@@ -16,8 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ssl_distill.backbones.encoder import Encoded, TokenEncoder
 from ssl_distill.backbones.video_vit import VideoViT
-from ssl_distill.backbones.vit import Encoded, ViT, mask_from_keep
+from ssl_distill.backbones.vit import ViT, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
 from ssl_distill.registry import Registry
 
@@ -27,7 +28,7 @@ BACKBONES.register("video_vit")(VideoViT)
 
 SPEC_KEY = "ssl_distill.spec"
 
-__all__ = ["BACKBONES", "ViT", "Encoded", "mask_from_keep", "build_backbone", "load_backbone", "export_backbone", "backbone_weights"]
+__all__ = ["BACKBONES", "ViT", "Encoded", "TokenEncoder", "mask_from_keep", "build_backbone", "load_backbone", "export_backbone", "backbone_weights"]
 
 
 class BackboneLoadError(ValueError):

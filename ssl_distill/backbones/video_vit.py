@@ -6,7 +6,6 @@ sequence space as for the image ViT: 0 is the class token, patch p is index p + 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -17,7 +16,7 @@ from lightly.models.utils import get_1d_sine_cosine_positional_embedding_from_po
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from ssl_distill.backbones.vit import Encoded
+from ssl_distill.backbones.encoder import TokenEncoder
 
 
 def sincos_3d(embed_dim: int, grid_size: tuple[int, int, int]) -> Tensor:
@@ -34,7 +33,7 @@ def sincos_3d(embed_dim: int, grid_size: tuple[int, int, int]) -> Tensor:
     return torch.from_numpy(np.concatenate(parts, axis=1)).float()
 
 
-class VideoViT(nn.Module):
+class VideoViT(TokenEncoder):
     """ViT over (B, C, T, H, W) clips with Conv3d tubelets of `tubelet_size` x `patch_size`^2.
 
     Same interface as the image `ViT`; `spec` rebuilds it and its state dict is the export.
@@ -106,10 +105,6 @@ class VideoViT(nn.Module):
         return self.config["embed_dim"]
 
     @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    @property
     def patch_size(self) -> int:
         return self.config["patch_size"]
 
@@ -125,10 +120,6 @@ class VideoViT(nn.Module):
     @property
     def num_patches(self) -> int:
         return int(np.prod(self._grid))
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 1
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
@@ -149,42 +140,8 @@ class VideoViT(nn.Module):
         tokens = torch.cat([self.cls_token.expand(len(video), -1, -1), patches], dim=1) + self.pos_embed
         return tokens if idx_keep is None else get_at_index(tokens, idx_keep)
 
-    def run_blocks(
-        self, x: Tensor, taps: Sequence[int] = (), stop: int | None = None
-    ) -> tuple[Tensor, dict[int, Tensor]]:
-        """Run blocks [0, stop) and collect the outputs of the blocks in `taps`."""
-        stop = self.depth if stop is None else stop
-        if any(not 0 <= t < stop for t in taps):
-            raise ValueError(f"taps {list(taps)} must lie in [0, {stop}) for a {self.depth}-block video ViT")
-        collected = {}
-        for index, block in enumerate(self.blocks[:stop]):
-            x = block(x)
-            if index in taps:
-                collected[index] = x
-        return x, collected
+    def transformer_blocks(self) -> nn.ModuleList:
+        return self.blocks
 
-    def encode(
-        self,
-        video: Tensor,
-        idx_keep: Tensor | None = None,
-        taps: Sequence[int] = (),
-        stop: int | None = None,
-    ) -> Encoded:
-        """Encode (visible) tokens; with `stop` the run ends after block stop-1 and skips the final norm."""
-        x, collected = self.run_blocks(self.embed(video, idx_keep), taps, stop)
-        if stop is None or stop == self.depth:
-            x = self.norm(x)
-        return Encoded(x, collected)
-
-    def forward_features(self, video: Tensor) -> Tensor:
-        """(B, C, T, H, W) -> (B, 1 + L, D): all tokens after the final norm."""
-        return self.encode(video).tokens
-
-    def forward(self, video: Tensor) -> Tensor:
-        """(B, C, T, H, W) -> (B, D) class-token feature."""
-        return self.forward_features(video)[:, 0]
-
-    def features(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, C, T, H, W) -> class token (B, D) and patch tokens (B, L, D), both after the final norm."""
-        tokens = self.forward_features(video)
-        return tokens[:, 0], tokens[:, self.num_prefix_tokens :]
+    def final_norm(self) -> nn.Module:
+        return self.norm

@@ -7,8 +7,6 @@ token, patch p is index p + 1 (lightly's convention).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import timm
@@ -17,19 +15,11 @@ from lightly.models.modules import MaskedVisionTransformerTIMM
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ssl_distill.backbones.encoder import TokenEncoder
 from ssl_distill.registry import closest
 
 
-@dataclass
-class Encoded:
-    """tokens: (B, 1 + K, D) after the last block run (final norm applied only for a full run);
-    taps: block index (0-based) -> (B, 1 + K, D) output of that block, before any norm."""
-
-    tokens: Tensor
-    taps: dict[int, Tensor]
-
-
-class ViT(nn.Module):
+class ViT(TokenEncoder):
     """A timm ViT by name with size overrides (None keeps timm's value).
 
     `spec` holds everything needed to rebuild it (it goes into exports and checkpoints).
@@ -88,10 +78,6 @@ class ViT(nn.Module):
         return int(self.vit.embed_dim)
 
     @property
-    def depth(self) -> int:
-        return len(self.vit.blocks)
-
-    @property
     def patch_size(self) -> int:
         return int(self.vit.patch_embed.patch_size[0])
 
@@ -103,10 +89,6 @@ class ViT(nn.Module):
     def num_patches(self) -> int:
         return int(self.vit.patch_embed.num_patches)
 
-    @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.vit.num_prefix_tokens)
-
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.vit.{name}" for name in self.vit.no_weight_decay()} | {"encoder.mask_token"}
 
@@ -114,43 +96,11 @@ class ViT(nn.Module):
         """(B, C, H, W) -> (B, 1 + K, D) tokens with positions; only `idx_keep` tokens when given."""
         return self.vit.norm_pre(self.encoder.preprocess(images, idx_keep=idx_keep))
 
-    def run_blocks(self, x: Tensor, taps: Sequence[int] = (), stop: int | None = None) -> tuple[Tensor, dict[int, Tensor]]:
-        """Run blocks [0, stop) and collect the outputs of the blocks in `taps`."""
-        stop = self.depth if stop is None else stop
-        if any(not 0 <= t < stop for t in taps):
-            raise ValueError(f"taps {list(taps)} must lie in [0, {stop}) for a {self.depth}-block ViT")
-        collected = {}
-        for index, block in enumerate(self.vit.blocks[:stop]):
-            x = block(x)
-            if index in taps:
-                collected[index] = x
-        return x, collected
+    def transformer_blocks(self) -> nn.Sequential:
+        return self.vit.blocks
 
-    def encode(
-        self,
-        images: Tensor,
-        idx_keep: Tensor | None = None,
-        taps: Sequence[int] = (),
-        stop: int | None = None,
-    ) -> Encoded:
-        """Encode (visible) tokens; with `stop` the run ends after block stop-1 and skips the final norm."""
-        x, collected = self.run_blocks(self.embed(images, idx_keep), taps, stop)
-        if stop is None or stop == self.depth:
-            x = self.vit.norm(x)
-        return Encoded(x, collected)
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, 1 + L, D): all tokens after the final norm (timm's forward_features)."""
-        return self.encode(images).tokens
-
-    def forward(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, D) class-token feature (timm's pre-logits output)."""
-        return self.forward_features(images)[:, 0]
-
-    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) -> class token (B, D) and patch tokens (B, L, D), both after the final norm."""
-        tokens = self.forward_features(images)
-        return tokens[:, 0], tokens[:, self.num_prefix_tokens :]
+    def final_norm(self) -> nn.Module:
+        return self.vit.norm
 
 
 def mask_from_keep(idx_keep: Tensor, num_patches: int, num_prefix_tokens: int = 1) -> Tensor:
