@@ -19,6 +19,7 @@ from lightly.utils.scheduler import cosine_schedule
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from ssl_distill.modules.schedules import linear_warmup
 from ssl_distill.objectives.base import Objective, Output, build_vit
 from ssl_distill.registry import OBJECTIVES
 
@@ -75,9 +76,7 @@ class DINO(Objective):
 
     def teacher_temperature(self, step: int) -> float:
         o = self.cfg.objective
-        if step >= self.temp_warmup_steps:
-            return o.teacher_temp
-        return o.warmup_teacher_temp + (o.teacher_temp - o.warmup_teacher_temp) * step / self.temp_warmup_steps
+        return linear_warmup(step, self.temp_warmup_steps, o.warmup_teacher_temp, o.teacher_temp)
 
     def momentum(self, step: int) -> float:
         return cosine_schedule(step, self.max_steps, self.cfg.objective.momentum_start, 1.0)

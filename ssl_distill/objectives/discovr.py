@@ -34,6 +34,7 @@ from ssl_distill.modules.decoder import PixelDecoder
 from ssl_distill.modules.frame_alignment import frame_targets, official_decoder_order
 from ssl_distill.modules.masking import tube_mask
 from ssl_distill.modules.prototypes import Prototypes
+from ssl_distill.modules.schedules import linear_warmup
 from ssl_distill.modules.self_distillation import CenteredDistillation
 from ssl_distill.objectives.base import Objective, Output
 from ssl_distill.objectives.videomae import VideoConfig, build_video_vit, clip_frames
@@ -131,9 +132,7 @@ class DISCOVR(Objective):
 
     def teacher_temperature(self, step: int) -> float:
         o = self.cfg.objective
-        if step >= self.temp_warmup_steps:
-            return o.teacher_temp
-        return o.warmup_teacher_temp + (o.teacher_temp - o.warmup_teacher_temp) * step / self.temp_warmup_steps
+        return linear_warmup(step, self.temp_warmup_steps, o.warmup_teacher_temp, o.teacher_temp)
 
     def momentum(self, step: int) -> float:
         o = self.cfg.objective
