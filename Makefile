@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest tests
 
 lint: install
-	$(BIN)/ruff check ssl_distill eval tests benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf runs .pytest_cache
