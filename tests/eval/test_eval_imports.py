@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 EVAL = Path(__file__).resolve().parents[2] / "eval"
-ALLOWED = ("ssl_distill.backbones", "ssl_distill.data", "ssl_distill.registry", "ssl_distill.config")
+ALLOWED = ("ssl_distill.backbones", "ssl_distill.data", "ssl_distill.registry", "ssl_distill.config", "ssl_distill.launch.executors")
 FORBIDDEN = ("ssl_distill.objectives", "ssl_distill.engine")
 
 
