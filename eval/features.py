@@ -2,7 +2,9 @@
 
 A dataset plugs in through an adapter that maps its items to `Item(input, label, target, mask)`:
 image sources (`Sample`) get the deterministic eval transform, video datasets (dict items with a
-`video` clip) pass through.
+`video` clip) pass through. When the inputs and the backbone differ in kind, `backbone_for` bridges
+them: a video backbone sees an image as a static clip (`StaticClip`), an image backbone sees a clip
+frame by frame (`FrameAverage`); either way the features sit on the 2-D (H', W') patch grid.
 """
 
 from __future__ import annotations
@@ -97,6 +99,48 @@ class VideoAdapter:
 Adapter = Callable[[Any], Item]
 
 
+class StaticClip(nn.Module):
+    """A video backbone on images: an image (B, C, H, W) goes in as a clip of its `num_frames` copies
+    (B, C, T, H, W); the patch tokens (B, T' * H' * W', D), in t-major order, are averaged over the T'
+    time positions -> (B, H' * W', D) on the grid (H', W'). The class token is the clip's."""
+
+    def __init__(self, video: nn.Module) -> None:
+        super().__init__()
+        self.video = video
+        self.num_frames = int(video.spec["num_frames"])
+        self.grid_size = tuple(video.grid_size[1:])
+
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        cls, tokens = self.video.features(images.unsqueeze(2).expand(-1, -1, self.num_frames, -1, -1))
+        return cls, tokens.unflatten(1, (self.video.grid_size[0], -1)).mean(1)
+
+
+class FrameAverage(nn.Module):
+    """An image backbone on clips: each frame of (B, C, T, H, W) is encoded alone; the class tokens
+    and the patch tokens are averaged over the T frames -> (B, D) and (B, H' * W', D)."""
+
+    def __init__(self, image: nn.Module) -> None:
+        super().__init__()
+        self.image = image
+        self.grid_size = tuple(image.grid_size)
+
+    def features(self, clips: Tensor) -> tuple[Tensor, Tensor]:
+        batch, frames = clips.shape[0], clips.shape[2]
+        cls, tokens = self.image.features(clips.transpose(1, 2).flatten(0, 1))
+        return cls.unflatten(0, (batch, frames)).mean(1), tokens.unflatten(0, (batch, frames)).mean(1)
+
+
+def backbone_for(backbone: nn.Module, adapter: Adapter) -> nn.Module:
+    """The backbone as the adapter's inputs need it: a video backbone (3-D grid) on images becomes a
+    `StaticClip`, an image backbone on clips a `FrameAverage`; otherwise it is returned as is."""
+    video = len(backbone.grid_size) == 3
+    if video and isinstance(adapter, ImageAdapter):
+        return StaticClip(backbone)
+    if not video and isinstance(adapter, VideoAdapter):
+        return FrameAverage(backbone)
+    return backbone
+
+
 def adapter_for(source: Dataset, img_size: int | None, mean: list[float], std: list[float]) -> Adapter:
     """Pick the adapter from the first item: a dict with 'video' is a clip, anything else an image Sample."""
     first = source[0]
@@ -155,9 +199,10 @@ def extract_features(
     desc: str = "features",
 ) -> Features:
     """Run the backbone over a dataset in batches (bf16 autocast on GPU) and pool its outputs; items of
-    K clips (B, K, C, T, H, W) get the mean of their clips' pooled features."""
+    K clips (B, K, C, T, H, W) get the mean of their clips' pooled features. Images meet a video
+    backbone, and clips an image backbone, through `backbone_for`."""
     device = torch.device(device)
-    backbone = backbone.eval().to(device)
+    backbone = backbone_for(backbone.eval().to(device), adapter)
     loader = DataLoader(
         _Adapted(dataset, adapter),
         batch_size=batch_size,

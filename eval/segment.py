@@ -2,6 +2,7 @@
 mask size, trained with cross-entropy; mIoU, pixel accuracy and per-class Dice on the eval split.
 
 The head is BatchNorm + 1x1 convolution (dinov2's linear BNHead), applied per token: linear at inference.
+Images only: a video backbone sees each image as a static clip (eval.features.StaticClip).
 """
 
 from __future__ import annotations
@@ -138,8 +139,11 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
     test = store.features(c.eval_split, "patch")
     if train.masks is None or test.masks is None:
         raise ValueError(f"segment: dataset '{cfg.data.name}' has no masks (try --data shapes)")
-    if len(train.grid) != 2:
-        raise ValueError(f"segment needs a 2-D patch grid, the backbone's is {train.grid}")
+    if train.masks.dim() != 3 or len(train.grid) != 2:
+        raise ValueError(
+            f"segment scores one mask per image, and dataset '{cfg.data.name}' gives clips: use frames "
+            "(e.g. echo_frames; a video backbone sees each frame as a static clip)"
+        )
     num_classes = c.num_classes
     if num_classes is None:
         labelled = torch.cat([train.masks.flatten(), test.masks.flatten()])
