@@ -73,6 +73,7 @@ class TrainConfig:
     max_steps: int | None = None  # if set, the run stops here (schedules span this many steps)
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch CPU threads; None keeps torch's default (1 helps on shared cores)
     log_every: int = 10
     checkpoint_every: int = 0  # steps; 0 saves only at the end
     keep_checkpoints: int = 2

@@ -90,6 +90,8 @@ class Trainer:
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
 
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         self.dataset = build_dataset(cfg)
