@@ -53,6 +53,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_echo(args: argparse.Namespace) -> int:
+    from ssl_distill.data.echo import write_synthetic_echo
+
+    out = write_synthetic_echo(
+        args.out, n=args.n, preset=args.preset, seed=args.seed, size=args.size, frames=args.frames,
+        fps=args.fps, abnormal_fraction=args.abnormal_fraction,
+    )
+    print(f"wrote {args.n} videos, FileList.csv, masks and latents.json to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-distill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="checkpoint .pt or run directory")
     export.add_argument("out", type=Path)
     export.set_defaults(run=_export)
+    data = commands.add_parser("data", help="generate data sets")
+    generators = data.add_subparsers(dest="generator", required=True)
+    echo = generators.add_parser("synth-echo", help="synthetic echocardiography videos in EchoNet-Dynamic layout")
+    echo.add_argument("out", type=Path)
+    echo.add_argument("--n", type=int, default=48, help="number of videos")
+    echo.add_argument("--preset", choices=("adult", "pediatric", "camus"), default="adult")
+    echo.add_argument("--seed", type=int, default=0)
+    echo.add_argument("--size", type=int, default=112, help="frame height and width in pixels")
+    echo.add_argument("--frames", type=int, default=None, help="frames per video (default: drawn per video)")
+    echo.add_argument("--fps", type=int, default=50)
+    echo.add_argument("--abnormal-fraction", type=float, default=0.5)
+    echo.set_defaults(run=_synth_echo)
     return parser
 
 

@@ -153,3 +153,13 @@ def test_default_frame_counts_cover_two_beats(tmp_path):
 def test_unreadable_sizes_are_refused(size, tmp_path):
     with pytest.raises(ValueError, match="size"):
         write_synthetic_echo(tmp_path, 2, size=size, frames=8)
+
+
+def test_cli_writes_a_synthetic_set(tmp_path, capsys):
+    from ssl_distill.cli import main
+
+    assert main(["data", "synth-echo", str(tmp_path / "echo"), "--n", "4", "--size", "32", "--frames", "32", "--seed", "3"]) == 0
+    assert "wrote 4 videos" in capsys.readouterr().out
+    rows = (tmp_path / "echo" / "FileList.csv").read_text().splitlines()
+    assert rows[0].startswith("FileName,EF,ESV,EDV,FrameHeight,FrameWidth,FPS,NumberOfFrames,Split") and len(rows) == 5
+    assert len(list((tmp_path / "echo" / "Videos").iterdir())) == 4
