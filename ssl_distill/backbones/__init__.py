@@ -59,9 +59,9 @@ def _load_strict(backbone: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 def export_backbone(backbone: nn.Module, path: str | Path) -> Path:
-    """Write the backbone as safetensors that `timm.create_model(name, pretrained=True,
-    pretrained_cfg_overlay=dict(file=path), num_classes=0, **sizes)` loads; the spec goes into the
-    file's metadata so `load_backbone(path)` needs nothing else. Written atomically."""
+    """Write the backbone as safetensors that timm loads from a local file (`timm.create_model(name,
+    pretrained_cfg_overlay=dict(file=path), num_classes=0, **sizes)` with pretrained loading on); the
+    spec goes into the file's metadata so `load_backbone(path)` needs nothing else. Written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
