@@ -38,7 +38,7 @@ TINY = [
     "train.threads=1",
     "optim.lr=1e-3",
 ]
-DECODER = ["objective.decoder_dim=32", "objective.decoder_depth=1", "objective.decoder_heads=2"]
+DECODER = ["objective.decoder.dim=32", "objective.decoder.depth=1", "objective.decoder.heads=2"]
 DINO_HEAD = ["objective.output_dim=64", "objective.hidden_dim=32", "objective.bottleneck_dim=16"]
 VIDEO = ["data.batch_size=2", "model.embed_dim=32", "model.depth=2"]
 
@@ -90,6 +90,13 @@ def run_all(names: list[str], steps: int) -> dict[str, dict[str, list[float]]]:
     return traces
 
 
+# runs whose numbers the toolkit refactor changes on purpose (issue 8), with the reason
+EXPECTED_CHANGES = {
+    "dino_drop_path": "the EMA teacher no longer drops paths (it was stochastic with drop_path_rate > 0)",
+    "discovr": "the four fixes to match the released code (momenta, decoder input, positions, image encoders)",
+}
+
+
 def compare(recorded: dict, current: dict, atol: float) -> list[tuple[str, str, float]]:
     """(objective, term, max |difference|) for every term in both traces."""
     rows = []
@@ -124,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for name, term, diff in compare(recorded, current, args.atol):
         within = diff <= args.atol
-        ok &= within or name == "discovr"
-        print(f"| {name} | {term} | {diff:.3g} | {'yes' if within else 'NO'} |")
+        ok &= within or name in EXPECTED_CHANGES
+        verdict = "yes" if within else f"no (expected: {EXPECTED_CHANGES[name]})" if name in EXPECTED_CHANGES else "NO"
+        print(f"| {name} | {term} | {diff:.3g} | {verdict} |")
     return 0 if ok else 1
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_distill.config import ConfigError, SlurmConfig, merge_checked
+from ssl_distill.config import SlurmConfig, check_data_options, merge_checked
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssl_distill.errors import ConfigError
 
 POOLINGS = ("cls", "mean", "cls_mean", "patch")
 
@@ -44,7 +45,7 @@ class DataConfig:
     name: str = "mnist"
     root: str | None = None
     limit: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = field(default_factory=dict)  # schema: the dataset's Config (checked at load)
     batch_size: int = 256
     num_workers: int = 0
     img_size: int | None = None
@@ -58,7 +59,7 @@ class RunConfig:
     cache: bool = True
     cache_dir: str | None = None  # None: $SSL_DISTILL_CACHE/eval
     progress: bool = True
-    fit_threads: int | None = 1  # CPU threads for probes and heads on cached features (see eval/runtime.py)
+    fit_threads: int | None = 1  # CPU threads for probes and heads on cached features (see ssl_distill/runtime.py)
 
 
 @dataclass
@@ -179,6 +180,10 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
     layers = ([_data_mapping(data)] if data else []) + [OmegaConf.from_dotlist(list(overrides))]
     try:
         merged = merge_checked(EvalConfig, OmegaConf.merge(*layers), "ssl-eval")
+    except ConfigError as error:
+        raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
+    try:
+        merged.data.options = check_data_options(merged.data.name, merged.data.options, "ssl-eval")
     except ConfigError as error:
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
     for section in ("features", "knn", "linear", "retrieve", "anomaly"):

@@ -13,7 +13,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from eval.features import Features, projection_sample
+from eval.extract import Features
+from eval.features import projection_sample
 from eval.metrics import classification_metrics, confusion, ranks_kept
 from eval.results import Result
 from eval.search import build_index, normalized, search

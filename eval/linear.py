@@ -22,12 +22,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
-from eval.features import Features
+from eval.extract import Features
 from eval.knn import num_classes_of
 from eval.metrics import classification_metrics, confusion, rank_classes
 from eval.results import Result
-from eval.runtime import cpu_threads
 from eval.store import FeatureStore
+from ssl_distill.runtime import cpu_threads
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

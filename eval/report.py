@@ -20,7 +20,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from eval.config import ReportConfig
 from eval.results import format_cell, format_table, read_results
-from eval.runtime import cpu_threads
+from ssl_distill.runtime import cpu_threads
 
 Block = tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", rows), ("img", (path, caption))
 MASK_COLORS = ListedColormap(

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ssl_distill.files import atomic_path, write_text_atomic
+
 SCHEMA = "ssl_eval/1"
 
 
@@ -46,7 +48,8 @@ def write_result(result: Result, out_dir: str | Path, stem: str, header: Mapping
     artifacts = {}
     for name, arrays in result.arrays.items():
         path = out_dir / f"{stem}.{name}.npz"
-        np.savez_compressed(path, **arrays)
+        with atomic_path(path, fsync=False) as tmp:
+            np.savez_compressed(tmp, **arrays)
         artifacts[name] = path.name
     record = {
         "schema": SCHEMA,
@@ -58,11 +61,7 @@ def write_result(result: Result, out_dir: str | Path, stem: str, header: Mapping
         "details": result.details,
         "artifacts": artifacts,
     }
-    path = out_dir / f"{stem}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(record), indent=2))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out_dir / f"{stem}.json", json.dumps(_json_safe(record), indent=2))
 
 
 def read_results(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:

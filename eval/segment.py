@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from eval.results import Result
-from eval.runtime import cpu_threads
 from eval.store import FeatureStore
+from ssl_distill.runtime import cpu_threads
 
 
 class SegmentationHead(nn.Module):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
@@ -21,11 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from eval.features import Adapter, Features, adapter_for, extract_features
+from eval.extract import Adapter, Features, adapter_for, extract_features
 from ssl_distill.backbones import load_backbone
-from ssl_distill.data import seeded_call
+from ssl_distill.data import build_source, seeded_call
 from ssl_distill.data.bundled import cache_dir
-from ssl_distill.registry import DATASETS, closest
+from ssl_distill.files import atomic_path
+from ssl_distill.registry import closest
+from ssl_distill.runtime import resolve_device
 
 CACHE_VERSION = 1
 FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
@@ -121,20 +122,12 @@ class FeatureCache:
 
     def save(self, key: dict[str, Any], features: Features) -> Path:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {f.name: getattr(features, f.name) for f in fields(Features)}
         state["grid"], state["classes"] = list(features.grid), list(features.classes)
         state["key"] = json.loads(json.dumps(key, default=str))
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        with atomic_path(path, fsync=False) as tmp:
+            torch.save(state, tmp)
         return path
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class FeatureStore:
@@ -165,9 +158,7 @@ class FeatureStore:
         if split not in self._sources:
             data = self.cfg.data
             options = OmegaConf.to_container(data.options, resolve=True)
-            self._sources[split] = DATASETS.get(data.name)(
-                root=data.root, split=split, limit=data.limit, **options
-            )
+            self._sources[split] = build_source(data.name, data.root, split, data.limit, **options)
         return self._sources[split]
 
     def classes(self, split: str) -> tuple[str, ...]:

@@ -1,8 +1,10 @@
 """Configs: YAML files (with `base:` composition), `key=value` overrides, schema validation.
 
-A config has six sections: `run`, `model`, `data`, `objective`, `optim` and `train`. The schemas of
-`objective` and `data.transform` depend on their `name` and come from the registered builder's
-`Config` dataclass, so every key is checked before any work starts.
+A config has the sections `run`, `model`, `data`, `objective`, `optim`, `train` (and `slurm` for
+launches). The schemas of `model` (by `model.kind`), `objective` and `data.transform` (by `name`) and
+`data.options` (by `data.name`) come from the registered builder's `Config` dataclass, so every key is
+checked before any work starts. Registries load their plugins on first use: this module imports no
+objective, dataset or backbone module itself.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ssl_distill.registry import OBJECTIVES, TRANSFORMS, closest
+from ssl_distill.errors import ConfigError
+from ssl_distill.registry import BACKBONES, DATASETS, OBJECTIVES, TRANSFORMS, Registry, closest
 
-
-class ConfigError(ValueError):
-    """A config problem a user can fix; the message names the key."""
+__all__ = ["Config", "ConfigError", "load_config", "validate", "from_yaml", "to_yaml", "check_data_options"]
 
 
 @dataclass
@@ -30,20 +31,6 @@ class RunConfig:
 
 
 @dataclass
-class ModelConfig:
-    """A timm ViT by name; None keeps timm's value for that size."""
-
-    name: str = "vit_tiny_patch16_224"
-    img_size: int = 32
-    patch_size: int = 4
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    drop_path_rate: float = 0.0
-
-
-@dataclass
 class DataConfig:
     name: str = "mnist"
     root: str | None = None
@@ -51,8 +38,8 @@ class DataConfig:
     limit: int | None = None
     batch_size: int = 64
     num_workers: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific (e.g. video num_frames, stride)
-    transform: Any = field(default_factory=lambda: {"name": "mae"})
+    options: Any = field(default_factory=dict)  # schema: DATASETS.get(name).Config (e.g. video num_frames)
+    transform: Any = field(default_factory=lambda: {"name": "mae"})  # schema: TRANSFORMS.get(name).Config
 
 
 @dataclass
@@ -105,7 +92,7 @@ class SlurmConfig:
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=lambda: {"kind": "vit"})  # schema: BACKBONES.get(kind).Config
     data: DataConfig = field(default_factory=DataConfig)
     objective: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -163,16 +150,55 @@ def merge_checked(schema: type, data: Any, where: str, prefix: str = "") -> Dict
         raise ConfigError(f"{where}: bad value for '{full}': {message}") from None
 
 
-def _check_named_section(section: Any, registry: Any, where: str, prefix: str) -> DictConfig:
-    if not isinstance(section, (dict, DictConfig)) or "name" not in section:
-        raise ConfigError(f"{where}: '{prefix}name' is required (one of: {', '.join(registry.names())})")
-    name = section["name"]
+def _check_named_section(section: Any, registry: Registry, where: str, prefix: str, key: str = "name") -> DictConfig:
+    """Merge `section` into the schema of the builder that `section[key]` names."""
+    if not isinstance(section, (dict, DictConfig)) or key not in section:
+        raise ConfigError(f"{where}: '{prefix}{key}' is required (one of: {', '.join(registry.names())})")
+    name = section[key]
     if name not in registry:
         raise ConfigError(
-            f"{where}: unknown {registry.kind} '{prefix}name={name}'{closest(str(name), registry.names())}; "
+            f"{where}: unknown {registry.kind} '{prefix}{key}={name}'{closest(str(name), registry.names())}; "
             f"known: {', '.join(registry.names())}"
         )
     return merge_checked(registry.get(name).Config, section, where, prefix)
+
+
+def check_data_options(name: str, options: Any, where: str = "config") -> DictConfig:
+    """`data.options` checked against dataset `name`'s `Config` (unknown keys name the closest one)."""
+    if name not in DATASETS:
+        raise ConfigError(
+            f"{where}: unknown dataset 'data.name={name}'{closest(str(name), DATASETS.names())}; "
+            f"known: {', '.join(DATASETS.names())}"
+        )
+    return merge_checked(DATASETS.get(name).Config, options or {}, where, "data.options.")
+
+
+def _check_model(model: Any, objective: Any, where: str) -> DictConfig:
+    """The `model` section by its `kind`, over the objective's `default_model`."""
+    model = OmegaConf.create({} if model is None else model)
+    if model.get("name") == "video_vit" and "kind" not in model:
+        raise ConfigError(f"{where}: 'model.name: video_vit' is now 'model.kind: video_vit' (remove model.name)")
+    model = OmegaConf.merge(objective.default_model, model)
+    if "kind" not in model:
+        model.kind = "vit"
+    kinds = objective.model_kinds
+    if model.kind in BACKBONES and model.kind not in kinds:
+        raise ConfigError(
+            f"{where}: objective '{objective.Config.name}' works with model.kind {sorted(kinds)}, not '{model.kind}'"
+        )
+    return _check_named_section(model, BACKBONES, where, "model.", key="kind")
+
+
+def _resolve_clip_length(cfg: DictConfig, where: str) -> None:
+    """A video model's `num_frames` defaults to the clip length the dataset yields; both must agree."""
+    if "num_frames" not in cfg.model:
+        return
+    ours, data = cfg.model.num_frames, cfg.data.options.get("num_frames")
+    if ours is None and data is None:
+        raise ConfigError(f"{where}: set data.options.num_frames (or model.num_frames): the clip length")
+    if ours is not None and data is not None and ours != data:
+        raise ConfigError(f"{where}: model.num_frames={ours} differs from data.options.num_frames={data}")
+    cfg.model.num_frames = int(ours if ours is not None else data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -180,9 +206,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
     Raises ConfigError naming the file and key for an unknown key, a wrong type or a missing value.
     """
-    import ssl_distill.data  # noqa: F401  (registers transforms)
-    import ssl_distill.objectives  # noqa: F401  (registers objectives)
-
     where = str(path) if path is not None else "config"
     user = _read_yaml(Path(path)) if path is not None else OmegaConf.create()
     for item in overrides:
@@ -197,19 +220,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
     """Check a (possibly partial) config against the schemas and fill in defaults."""
-    user = OmegaConf.create(user) if isinstance(user, dict) else user
-    objective = user.pop("objective", None) if "objective" in user else None
-    transform = None
-    if "data" in user and user.data is not None and "transform" in user.data:
-        transform = user.data.pop("transform")
+    user = OmegaConf.create(user) if isinstance(user, dict) else user.copy()
+    objective = user.pop("objective", None)
+    model = user.pop("model", None)
+    transform = options = None
+    if "data" in user and user.data is not None:
+        transform = user.data.pop("transform", None)
+        options = user.data.pop("options", None)
     cfg = merge_checked(Config, user, where)
     if objective is None:
         raise ConfigError(f"{where}: the 'objective' section is required (one of: {', '.join(OBJECTIVES.names())})")
     cfg.objective = _check_named_section(objective, OBJECTIVES, where, "objective.")
-    default_transform = OBJECTIVES.get(cfg.objective.name).default_transform
+    objective_cls = OBJECTIVES.get(cfg.objective.name)
+    cfg.model = _check_model(model, objective_cls, where)
+    cfg.data.options = check_data_options(cfg.data.name, options, where)
     if transform is None or "name" not in transform:
-        transform = OmegaConf.merge(default_transform, transform or {})
+        transform = OmegaConf.merge(objective_cls.default_transform, transform or {})
     cfg.data.transform = _check_named_section(transform, TRANSFORMS, where, "data.transform.")
+    _resolve_clip_length(cfg, where)
     if cfg.train.precision not in PRECISIONS:
         raise ConfigError(f"{where}: train.precision must be one of {PRECISIONS}, got '{cfg.train.precision}'")
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -3,11 +3,18 @@ MAE teacher, built once per session."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ssl_distill.config import load_config
+
+# One intra-op thread in every test (and in the processes they spawn, which read the variable): on two
+# shared cores, oversubscribed thread teams made one test 13x slower.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -21,9 +28,9 @@ TINY = [
     "train.progress=false",
     "train.tensorboard=false",
     "train.log_every=1",
-    "objective.decoder_dim=32",
-    "objective.decoder_depth=1",
-    "objective.decoder_heads=2",
+    "objective.decoder.dim=32",
+    "objective.decoder.depth=1",
+    "objective.decoder.heads=2",
 ]
 
 

@@ -49,8 +49,10 @@ def test_folder_and_csv_sources(tmp_path):
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no images"):
         build_source("folder", root=str(tmp_path / "empty"))
-    with pytest.raises(ConfigError, match="takes no option"):
+    with pytest.raises(ConfigError, match="unknown key 'data.options.frames'"):
         build_source("mnist", frames=3)
+    with pytest.raises(ConfigError, match="unknown key 'data.options.num_frame' \\(did you mean 'num_frames'\\?\\)"):
+        build_source("echo_video", num_frame=3)
 
 
 def test_sampler_is_seeded_resumable_and_splits_ranks():

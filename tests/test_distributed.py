@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ssl_distill import checkpoints as ckpt
 from ssl_distill.config import load_config
 from ssl_distill.engine import Trainer, train
-from ssl_distill.engine import checkpoint as ckpt
 from ssl_distill.launch.submit import submit
 
 from conftest import CONFIGS, REPO, TINY, tiny_config
@@ -126,8 +126,8 @@ def test_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path, m
     good = ckpt.list_checkpoints(trainer.checkpoint_dir)
     assert [p.name for p in good] == ["checkpoint_00000002.pt"]
 
-    def dies_halfway(payload, handle):
-        handle.write(b"partial bytes")
+    def dies_halfway(payload, path):
+        path.write_bytes(b"partial bytes")
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", dies_halfway)
@@ -136,6 +136,7 @@ def test_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path, m
         trainer.save_checkpoint()
     monkeypatch.undo()
     assert ckpt.list_checkpoints(trainer.checkpoint_dir) == good
+    assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == [good[0].name]  # no temp file left
     path, state = ckpt.load_latest(trainer.checkpoint_dir)
     assert path == good[0] and state["step"] == 2
     # a damaged newest file (say, a disk error after the rename) falls back to the older one

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssl_distill.engine.schedules import warmup_cosine
-from ssl_distill.modules.schedules import linear_warmup
+from ssl_distill.schedules import linear_warmup, warmup_cosine
 
 
 def test_warmup_then_half_cosine():

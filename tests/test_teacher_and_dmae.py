@@ -10,6 +10,7 @@ from lightly.models import utils
 from ssl_distill.backbones import ViT, load_backbone
 from ssl_distill.engine import Trainer
 from ssl_distill.modules.teacher import FrozenTeacher
+from ssl_distill.objectives import Objective
 
 from conftest import tiny_config
 
@@ -38,8 +39,10 @@ def test_stopped_teacher_equals_full_run_at_the_tap():
 
 def test_teacher_is_frozen_and_stays_in_eval_mode():
     teacher = FrozenTeacher(tiny_vit(), taps=[2])
-    teacher.train()
-    assert not teacher.backbone.training
+    holder = Objective(None, 1)
+    holder.teacher = teacher
+    holder.train()  # the objective keeps every `frozen` module in eval mode
+    assert holder.training and not teacher.training and not teacher.backbone.training
     assert all(not p.requires_grad for p in teacher.parameters())
     out = teacher(torch.randn(1, 3, 32, 32))[2]
     assert not out.requires_grad

@@ -11,8 +11,8 @@ import timm
 import torch
 
 from ssl_distill.backbones import load_backbone
+from ssl_distill.checkpoints import list_checkpoints
 from ssl_distill.engine import NonFiniteLossError, Trainer, train
-from ssl_distill.engine.checkpoint import list_checkpoints
 
 from conftest import tiny_config
 

@@ -48,7 +48,8 @@ def test_positions_are_fixed_distinct_and_not_saved(model):
 
 def test_spec_rebuilds_the_model(model):
     spec = model.spec
-    assert spec == {"kind": "video_vit", **TINY, "drop_path_rate": 0.0, "in_chans": 3}
+    defaults = {"drop_path_rate": 0.0, "in_chans": 3, "qkv_bias": True, "norm_eps": 1e-6, "pos_embed": "sincos_3d"}
+    assert spec == {"kind": "video_vit", **TINY, **defaults}
     assert build_backbone(spec).spec == spec
 
 

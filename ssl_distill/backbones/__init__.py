@@ -1,8 +1,10 @@
-"""Backbones and the one way to load them: `load_backbone(source)`.
+"""Backbones: the factory by `model.kind` (`build_backbone`) and the one way to load them (`load_backbone`).
 
-A source is one of our training checkpoints (`.pt`), an exported `.safetensors` file, or a timm model
-name (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or
-unexpected keys raise instead of leaving random weights in place.
+Kinds: `vit` (any timm VisionTransformer by name) and `video_vit` (tubelet ViT); each registers with
+its `Config`, the schema of the config's `model` section. A source to load is one of our training
+checkpoints (`.pt`), a run directory, an exported `.safetensors` file, or a timm model name
+(`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or unexpected
+keys raise instead of leaving random weights in place.
 """
 
 from __future__ import annotations
@@ -17,27 +19,37 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ssl_distill.backbones.encoder import Encoded, TokenEncoder
-from ssl_distill.backbones.video_vit import VideoViT
-from ssl_distill.backbones.vit import ViT, mask_from_keep
+from ssl_distill.backbones.video_vit import VideoViT, VideoViTConfig
+from ssl_distill.backbones.vit import ViT, ViTConfig, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
-from ssl_distill.registry import Registry
+from ssl_distill.errors import BackboneLoadError
+from ssl_distill.files import atomic_path
+from ssl_distill.registry import BACKBONES
 
-BACKBONES: Registry[Any] = Registry("backbone kind")
-BACKBONES.register("vit")(ViT)
-BACKBONES.register("video_vit")(VideoViT)
+BACKBONES.register("vit", config=ViTConfig)(ViT)
+BACKBONES.register("video_vit", config=VideoViTConfig)(VideoViT)
 
 SPEC_KEY = "ssl_distill.spec"
 
-__all__ = ["BACKBONES", "ViT", "Encoded", "TokenEncoder", "mask_from_keep", "build_backbone", "load_backbone", "export_backbone", "backbone_weights"]
+__all__ = [
+    "BACKBONES",
+    "BackboneLoadError",
+    "Encoded",
+    "TokenEncoder",
+    "VideoViT",
+    "ViT",
+    "backbone_weights",
+    "build_backbone",
+    "export_backbone",
+    "load_backbone",
+    "mask_from_keep",
+]
 
 
-class BackboneLoadError(ValueError):
-    """The weights do not fit the backbone, or the source cannot be read."""
-
-
-def build_backbone(spec: dict[str, Any], initialize: bool = True) -> nn.Module:
-    """Build from a spec: {'kind': 'vit', 'name': <timm name>, sizes...} (kind defaults to 'vit')."""
-    spec = dict(spec)
+def build_backbone(spec: Any, initialize: bool = True, **overrides: Any) -> nn.Module:
+    """Build from a spec or a validated `model` section: {'kind': 'vit', 'name': <timm name>, sizes...}
+    (kind defaults to 'vit'); `overrides` replace its values (e.g. num_frames=1 for a frame encoder)."""
+    spec = {**dict(spec), **overrides}
     kind = spec.pop("kind", "vit")
     return BACKBONES.get(kind)(**spec, initialize=initialize)
 
@@ -63,11 +75,9 @@ def export_backbone(backbone: nn.Module, path: str | Path) -> Path:
     pretrained_cfg_overlay=dict(file=path), num_classes=0, **sizes)` with pretrained loading on); the
     spec goes into the file's metadata so `load_backbone(path)` needs nothing else. Written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     weights = {k: v.detach().contiguous() for k, v in backbone_weights(backbone).items()}
-    save_file(weights, str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(weights, str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
     return path
 
 

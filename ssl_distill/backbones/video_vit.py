@@ -2,10 +2,16 @@
 
 Tokens are in t-major order (patch p = t * H' * W' + h * W' + w) and `idx_keep` indices are in
 sequence space as for the image ViT: 0 is the class token, patch p is index p + 1.
+
+Positions (`pos_embed`): `sincos_3d` factorises time, height and width (our first release's table);
+`sincos_1d` is VideoMAE's table over the flattened token index (Tong et al. 2022, official
+`modeling_finetune.py::get_sinusoid_encoding_table`), which DISCOVR's released code also uses. Either
+way the class token's row is zero.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -17,6 +23,39 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from ssl_distill.backbones.encoder import TokenEncoder
+from ssl_distill.modules.tubelets import tubelet_pixels
+
+POSITION_TABLES = ("sincos_3d", "sincos_1d")
+
+
+@dataclass
+class VideoViTConfig:
+    """`model` section of `kind: video_vit`. `num_frames` None takes `data.options.num_frames`."""
+
+    kind: str = "video_vit"
+    img_size: int = 112
+    num_frames: int | None = None
+    patch_size: int = 16
+    tubelet_size: int = 2
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    in_chans: int = 3
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    pos_embed: str = "sincos_3d"  # sincos_3d | sincos_1d (VideoMAE's, DISCOVR's default)
+    drop_path_rate: float = 0.0
+
+
+def sincos_1d(num_positions: int, dim: int) -> Tensor:
+    """(N, D) VideoMAE's sinusoid table: entry (p, j) is p / 10000^(2 * (j // 2) / D), sine on even j,
+    cosine on odd j (interleaved, unlike MAE's concatenated halves)."""
+    positions = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    exponents = 2 * (torch.arange(dim) // 2).to(torch.float64) / dim
+    angles = positions / torch.pow(10000.0, exponents)[None]
+    table = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angles), torch.cos(angles))
+    return table.float()
 
 
 def sincos_3d(embed_dim: int, grid_size: tuple[int, int, int]) -> Tensor:
@@ -53,9 +92,14 @@ class VideoViT(TokenEncoder):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         in_chans: int = 3,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        pos_embed: str = "sincos_3d",
         initialize: bool = True,
     ) -> None:
         super().__init__()
+        if pos_embed not in POSITION_TABLES:
+            raise ValueError(f"model.pos_embed must be one of {POSITION_TABLES}, got '{pos_embed}'")
         if img_size % patch_size or num_frames % tubelet_size:
             raise ValueError(
                 f"img_size {img_size} and num_frames {num_frames} must be multiples of patch_size {patch_size} "
@@ -74,17 +118,22 @@ class VideoViT(TokenEncoder):
             mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate,
             in_chans=in_chans,
+            qkv_bias=qkv_bias,
+            norm_eps=norm_eps,
+            pos_embed=pos_embed,
         )
         self._grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
         kernel = (tubelet_size, patch_size, patch_size)
         self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        positions = torch.cat([torch.zeros(1, embed_dim), sincos_3d(embed_dim, self._grid)])
+        num_patches = int(np.prod(self._grid))
+        table = sincos_3d(embed_dim, self._grid) if pos_embed == "sincos_3d" else sincos_1d(num_patches, embed_dim)
+        positions = torch.cat([torch.zeros(1, embed_dim), table])
         self.register_buffer("pos_embed", positions.unsqueeze(0), persistent=False)  # rebuilt from the spec
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        norm = partial(nn.LayerNorm, eps=norm_eps)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=norm)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=rate, norm_layer=norm)
             for rate in rates
         )
         self.norm = norm(embed_dim)
@@ -120,6 +169,18 @@ class VideoViT(TokenEncoder):
     @property
     def num_patches(self) -> int:
         return int(np.prod(self._grid))
+
+    @property
+    def in_chans(self) -> int:
+        return self.config["in_chans"]
+
+    @property
+    def pixels_per_token(self) -> int:
+        return self.tubelet_size * self.patch_size**2 * self.in_chans
+
+    def pixel_targets(self, video: Tensor) -> Tensor:
+        """(B, C, T, H, W) -> (B, L, t * p * p * C) pixels per tubelet in token order (channel last)."""
+        return tubelet_pixels(video, self.tubelet_size, self.patch_size)
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}

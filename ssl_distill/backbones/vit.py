@@ -7,16 +7,35 @@ token, patch p is index p + 1 (lightly's convention).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import timm
 import torch
+from lightly.models import utils
 from lightly.models.modules import MaskedVisionTransformerTIMM
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ssl_distill.backbones.encoder import TokenEncoder
+from ssl_distill.errors import ConfigError
 from ssl_distill.registry import closest
+
+
+@dataclass
+class ViTConfig:
+    """`model` section of `kind: vit`: a timm ViT by name; None keeps timm's value for that size."""
+
+    kind: str = "vit"
+    name: str = "vit_tiny_patch16_224"
+    img_size: int = 32
+    patch_size: int | None = 4
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    in_chans: int | None = None  # None: timm's 3
+    drop_path_rate: float = 0.0
 
 
 class ViT(TokenEncoder):
@@ -36,6 +55,7 @@ class ViT(TokenEncoder):
         depth: int | None = None,
         num_heads: int | None = None,
         mlp_ratio: float | None = None,
+        in_chans: int | None = None,
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
         initialize: bool = True,
@@ -48,14 +68,15 @@ class ViT(TokenEncoder):
             depth=depth,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
+            in_chans=in_chans,
             dynamic_img_size=dynamic_img_size or None,
         )
         self.timm_kwargs: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
         if name not in timm.list_models():
-            raise ValueError(f"model.name '{name}' is not a timm model{closest(name, timm.list_models('vit*'))}")
+            raise ConfigError(f"model.name '{name}' is not a timm model{closest(name, timm.list_models('vit*'))}")
         vit = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **self.timm_kwargs)
         if not isinstance(vit, VisionTransformer):
-            raise ValueError(f"model.name '{name}' is a {type(vit).__name__}, not a timm VisionTransformer")
+            raise ConfigError(f"model.name '{name}' is a {type(vit).__name__}, not a timm VisionTransformer")
         self.name = name
         # MAE recipe for from-scratch training: xavier init and a fixed 2-D sin-cos position embedding.
         self.encoder = MaskedVisionTransformerTIMM(
@@ -88,6 +109,18 @@ class ViT(TokenEncoder):
     @property
     def num_patches(self) -> int:
         return int(self.vit.patch_embed.num_patches)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.vit.patch_embed.proj.in_channels)
+
+    @property
+    def pixels_per_token(self) -> int:
+        return self.patch_size**2 * self.in_chans
+
+    def pixel_targets(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, L, p * p * C) pixels per patch (MAE's order: channel last)."""
+        return utils.patchify(images, self.patch_size)
 
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.vit.{name}" for name in self.vit.no_weight_decay()} | {"encoder.mask_token"}

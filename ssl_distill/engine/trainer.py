@@ -17,15 +17,18 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from ssl_distill import checkpoints as ckpt
 from ssl_distill.backbones import backbone_weights, export_backbone
-from ssl_distill.config import ConfigError, config_changes, from_yaml, to_yaml
+from ssl_distill.config import config_changes, from_yaml, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
-from ssl_distill.engine import checkpoint as ckpt
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
 from ssl_distill.engine.logger import MetricsLogger
-from ssl_distill.engine.schedules import warmup_cosine
+from ssl_distill.errors import ConfigError
+from ssl_distill.files import write_text_atomic
 from ssl_distill.objectives import Objective
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.runtime import resolve_device
+from ssl_distill.schedules import warmup_cosine
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,14 +62,6 @@ def build_dataset(cfg: DictConfig) -> Any:
     return ViewDataset(source, build_transform(cfg.data.transform))
 
 
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available")
-    return torch.device(name, local_rank) if name == "cuda" else torch.device(name)
-
-
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -86,7 +81,7 @@ class Trainer:
         self.is_main = dist_env.is_main
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.device = _device(cfg.train.device, dist_env.local_rank)
+        self.device = resolve_device(cfg.train.device, dist_env.local_rank)
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
 
@@ -252,7 +247,7 @@ class Trainer:
         resumed = self.maybe_resume()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         logger = MetricsLogger(self.run_dir, self.step, cfg.train.tensorboard, enabled=self.is_main)
         result = TrainResult(self.run_dir, resumed, None, start_step=self.step)
         if resumed and self.is_main:

@@ -3,5 +3,6 @@
 from ssl_distill.losses.cluster_distillation import ClusterDistillationLoss
 from ssl_distill.losses.feature_distillation import NormalizedL1Loss
 from ssl_distill.losses.reconstruction import MaskedReconstructionLoss
+from ssl_distill.losses.self_distillation import SelfDistillationLoss
 
-__all__ = ["ClusterDistillationLoss", "MaskedReconstructionLoss", "NormalizedL1Loss"]
+__all__ = ["ClusterDistillationLoss", "MaskedReconstructionLoss", "NormalizedL1Loss", "SelfDistillationLoss"]

@@ -1,13 +1,16 @@
-"""Frozen teacher: a pretrained backbone that runs only as deep as the deepest block it is asked for.
+"""Teachers from earlier runs: a frozen backbone that runs only as deep as the deepest block it is asked
+for, and any other part of the objective that trained it, rebuilt from the run.
 
-It takes no gradient and no optimizer state, stays in eval mode whatever its parent does, and is not
-written into checkpoints (it is rebuilt from its source, so a ViT-L teacher does not bloat every save).
+A frozen teacher takes no gradient and no optimizer state, stays in eval mode whatever its parent does,
+and is not written into checkpoints (it is rebuilt from its source, so a ViT-L teacher does not bloat
+every save).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +18,10 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from ssl_distill.backbones import load_backbone
+from ssl_distill.checkpoints import newest_checkpoint, read_checkpoint
+from ssl_distill.config import from_yaml
+from ssl_distill.errors import BackboneLoadError
+from ssl_distill.registry import OBJECTIVES
 
 
 @dataclass
@@ -25,7 +32,10 @@ class TeacherConfig:
 
 
 class FrozenTeacher(nn.Module):
-    """Wraps a backbone; `forward(images, idx_keep)` -> {block: (B, 1 + K, D) float32 pre-norm output}."""
+    """Wraps a backbone; `forward(images, idx_keep)` -> {block: (B, 1 + K, D) float32 pre-norm output}.
+    `frozen`: the objective keeps it in eval mode."""
+
+    frozen = True
 
     def __init__(self, backbone: nn.Module, taps: Sequence[int]) -> None:
         super().__init__()
@@ -38,9 +48,6 @@ class FrozenTeacher(nn.Module):
             raise ValueError(f"teacher tap {self.taps[-1]} is beyond its {backbone.depth} blocks")
         self.register_state_dict_post_hook(_drop_own_entries)
         self.register_load_state_dict_pre_hook(_fill_own_entries)
-
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: Tensor, idx_keep: Tensor | None = None) -> dict[int, Tensor]:
@@ -61,3 +68,41 @@ def _fill_own_entries(module: nn.Module, state_dict: dict, prefix: str, *args: A
 def load_teacher_backbone(cfg: TeacherConfig) -> nn.Module:
     """Load a teacher backbone from its source (strict: missing or unexpected keys raise)."""
     return load_backbone(cfg.source, weights=cfg.weights, **dict(cfg.sizes))
+
+
+def load_part(source: str | Path, part: str) -> nn.Module:
+    """Part `part` (a state-dict prefix such as 'decoder') of the objective that trained `source` (a run
+    directory or one of its checkpoints), rebuilt from the run's saved config and loaded strictly, frozen.
+    'backbone' is the exported encoder (`load_backbone`). A source without the part (an exported
+    `.safetensors`, a run of an objective that has no such part) raises BackboneLoadError: a missing
+    part is never replaced by a random one."""
+    if part == "backbone":
+        return load_backbone(source).requires_grad_(False).eval()
+    path = Path(source)
+    if path.is_dir():
+        try:
+            path = newest_checkpoint(path)
+        except FileNotFoundError as error:
+            raise BackboneLoadError(f"{error}: part '{part}' needs a training checkpoint") from None
+    if path.suffix not in (".pt", ".pth", ".ckpt"):
+        raise BackboneLoadError(
+            f"{source}: holds an exported backbone only, no '{part}'; give the run directory or a checkpoint "
+            "of the run that trained it"
+        )
+    if not path.is_file():
+        raise BackboneLoadError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = read_checkpoint(path)
+        cfg = from_yaml(checkpoint["config"])
+    except Exception as error:
+        raise BackboneLoadError(f"{path}: not a readable ssl_distill checkpoint ({type(error).__name__}: {error})") from None
+    module = OBJECTIVES.get(cfg.objective.name).build_part(cfg, part)
+    prefix = f"{part}."
+    state = {key[len(prefix) :]: value for key, value in checkpoint["model"].items() if key.startswith(prefix)}
+    result = module.load_state_dict(state, strict=False)
+    if not state or result.missing_keys or result.unexpected_keys:
+        raise BackboneLoadError(
+            f"{path}: the checkpoint's '{part}' does not match the part rebuilt from its config: missing keys "
+            f"{result.missing_keys[:8]}, unexpected keys {result.unexpected_keys[:8]}"
+        )
+    return module.requires_grad_(False).eval()

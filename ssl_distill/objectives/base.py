@@ -1,14 +1,35 @@
-"""The objective contract every method implements; the trainer knows nothing else about a method."""
+"""The objective contract every method implements, and the two cores most methods build on.
+
+- `Objective`: `forward(batch, step) -> Output(loss, logs)`, `after_step(step)` after each optimizer step,
+  `backbone` (the encoder that is exported and evaluated), `param_groups`. The trainer knows nothing else.
+- `MaskedModelingObjective`: mask -> encode the visible tokens (with block taps) -> decode -> reconstruct
+  the hidden patches or tubelets (MAE, VideoMAE; DMAE, G2SD and Hybrid Distillation add teachers).
+- `SelfDistillationObjective`: EMA teachers of declared students, DINO heads, centred and sharpened
+  teacher outputs with a temperature warmup (DINO, DISCOVR; CMD, CoTAP and TIPS build on it).
+
+A new method is one file in this package that subclasses one of them and registers itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+from lightly.models import utils
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ssl_distill.backbones import ViT
+from ssl_distill.backbones import Encoded, build_backbone, mask_from_keep
+from ssl_distill.errors import BackboneLoadError
+from ssl_distill.losses import MaskedReconstructionLoss
+from ssl_distill.modules.centering import TeacherCentering
+from ssl_distill.modules.decoder import DecoderConfig, PixelDecoder
+from ssl_distill.modules.ema import EMA
+from ssl_distill.modules.heads import DINOHeadConfig, dino_head
+from ssl_distill.modules.masking import tube_mask
+from ssl_distill.modules.tubelets import normalize_tubelets
+from ssl_distill.schedules import linear_warmup
 
 
 @dataclass
@@ -22,24 +43,36 @@ class Output:
 class Objective(nn.Module):
     """One SSL method: owns its student(s), teacher(s) and heads.
 
-    Subclasses set `Config` (a dataclass: the schema of the config's `objective` section),
-    `requires` (batch keys it reads) and `default_transform`, and implement `forward`.
-    `backbone` is the encoder that is exported and evaluated.
+    Subclasses set `Config` (a dataclass: the schema of the config's `objective` section), `requires`
+    (batch keys it reads), `default_transform`, `model_kinds` (the `model.kind`s it works with) and
+    `default_model` (model keys it sets unless the config does), and implement `forward`.
     """
 
     Config: ClassVar[type]
     requires: ClassVar[frozenset[str]] = frozenset({"views"})
     default_transform: ClassVar[dict[str, Any]] = {"name": "mae"}
+    model_kinds: ClassVar[frozenset[str]] = frozenset({"vit"})
+    default_model: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: DictConfig, max_steps: int) -> None:
         super().__init__()
         self.cfg, self.max_steps = cfg, max_steps
 
+    backbone: nn.Module  # the encoder that is exported and evaluated (a submodule or a property)
+
     def forward(self, batch: dict[str, Any], step: int) -> Output:
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
-        """Called after each optimizer step (EMA teachers, centers, prototypes)."""
+        """Called after each optimizer step (EMA teachers, centres, prototypes)."""
+
+    def train(self, mode: bool = True) -> Objective:
+        """Set the mode; teachers (modules with `frozen = True`: EMA copies, frozen teachers) stay in eval."""
+        super().train(mode)
+        for module in self.modules():
+            if getattr(module, "frozen", False):
+                module.eval()
+        return self
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Trainable parameters in two groups: with weight decay, and without it for biases, norms,
@@ -58,7 +91,154 @@ class Objective(nn.Module):
             {"params": no_decay, "weight_decay": 0.0, "apply_wd_schedule": False},
         ]
 
+    # -- parts a later run can rebuild from a checkpoint of this one (see modules.teacher.load_part) --
+    parts: ClassVar[tuple[str, ...]] = ()
 
-def build_vit(model_cfg: DictConfig, **extra: Any) -> ViT:
-    """The student ViT from the config's `model` section."""
-    return ViT(**dict(model_cfg), **extra)
+    @classmethod
+    def build_part(cls, cfg: DictConfig, part: str) -> nn.Module:
+        """An untrained module of the shape this objective gives `part` (its state-dict prefix) under `cfg`."""
+        raise BackboneLoadError(
+            f"objective '{cfg.objective.name}' has no rebuildable part '{part}' "
+            f"(it has: {', '.join(('backbone', *cls.parts))})"
+        )
+
+
+# -- masked modelling -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskedModelingConfig:
+    """The keys every masked-modelling objective shares (`objective.*`)."""
+
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass
+class MaskedStep:
+    """idx_keep (B, 1 + K): kept sequence indices (0 = class token); mask (B, L): 1 on hidden patches;
+    encoded: the visible tokens after the encoder (and its block taps); pred (B, L, P) decoder output;
+    loss: reconstruction loss over the hidden patches."""
+
+    idx_keep: Tensor
+    mask: Tensor
+    encoded: Encoded
+    pred: Tensor
+    loss: Tensor
+
+
+class MaskedModelingObjective(Objective):
+    """Mask -> encode the visible tokens -> decode -> reconstruct (He et al. 2022; Tong et al. 2022).
+
+    Image backbones get a random token mask and per-patch normalised targets (`norm_pix_loss`, MAE's
+    `forward_loss`); video backbones a tube mask (the same spatial positions hidden in every time slice)
+    and tubelets standardised per channel (VideoMAE's target). The decoder's output size is the backbone's
+    pixels per token, so the channel count comes from the model. Subclasses add teachers in
+    `build_teachers()` (called between the encoder and the decoder, so every objective builds its modules
+    in the same order) and reuse `reconstruct` in their `forward`.
+    """
+
+    parts = ("decoder",)
+
+    def __init__(self, cfg: DictConfig, max_steps: int) -> None:
+        super().__init__(cfg, max_steps)
+        o = cfg.objective
+        self.backbone = build_backbone(cfg.model)
+        self.video = len(self.backbone.grid_size) == 3
+        self.build_teachers()
+        self.decoder = PixelDecoder.for_backbone(self.backbone, o.decoder)
+        self.reconstruction = MaskedReconstructionLoss(norm_pix=o.norm_pix_loss and not self.video)
+        self.mask_ratio = o.mask_ratio
+
+    def build_teachers(self) -> None:
+        """Teachers, adapters and heads of a distilling subclass (nothing for plain MAE)."""
+
+    def inputs(self, batch: dict[str, Any]) -> Tensor:
+        """The images (B, C, H, W) or clips (B, C, T, H, W) of the batch."""
+        return batch["video"] if self.video else batch["views"][0]
+
+    def sample_mask(self, x: Tensor) -> Tensor:
+        """idx_keep (B, 1 + K): the class token and the visible patches, ascending."""
+        if self.video:
+            return tube_mask(len(x), self.backbone.grid_size, self.mask_ratio, device=x.device)
+        idx_keep, _ = utils.random_token_mask((x.shape[0], self.backbone.num_patches + 1), self.mask_ratio, device=x.device)
+        return idx_keep
+
+    def targets(self, x: Tensor) -> Tensor:
+        """(B, L, P) pixels per patch or tubelet; video targets standardised here, image ones in the loss."""
+        pixels = self.backbone.pixel_targets(x)
+        if self.video and self.cfg.objective.norm_pix_loss:
+            return normalize_tubelets(pixels, self.backbone.in_chans)
+        return pixels
+
+    def reconstruct(self, x: Tensor, idx_keep: Tensor | None = None, taps: tuple[int, ...] | list[int] = ()) -> MaskedStep:
+        """Encode the visible tokens of `x` (a fresh mask unless `idx_keep` is given), decode, score."""
+        idx_keep = self.sample_mask(x) if idx_keep is None else idx_keep
+        encoded = self.backbone.encode(x, idx_keep, taps=taps)
+        pred = self.decoder(encoded.tokens, idx_keep)
+        mask = mask_from_keep(idx_keep, self.backbone.num_patches)
+        return MaskedStep(idx_keep, mask, encoded, pred, self.reconstruction(pred, self.targets(x), mask))
+
+    def forward(self, batch: dict[str, Any], step: int) -> Output:
+        result = self.reconstruct(self.inputs(batch))
+        return Output(result.loss, {"reconstruction": result.loss.detach()})
+
+    @classmethod
+    def build_part(cls, cfg: DictConfig, part: str) -> nn.Module:
+        if part == "decoder":
+            return PixelDecoder.for_backbone(build_backbone(cfg.model, initialize=False), cfg.objective.decoder)
+        return super().build_part(cfg, part)
+
+
+# -- self-distillation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SelfDistillationConfig(DINOHeadConfig):
+    """The keys every self-distillation objective shares (`objective.*`): DINO heads, temperatures, centring
+    and the EMA momentum (cosine from `momentum_start` to `momentum_end`, per step)."""
+
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_fraction: float = 0.3  # of all steps, linear from warmup_teacher_temp
+    center_momentum: float = 0.9
+    center_on: str = "logits"  # logits (DINO) | probabilities
+    momentum_start: float = 0.996
+    momentum_end: float = 1.0
+
+
+class SelfDistillationObjective(Objective):
+    """EMA teachers, DINO heads and teacher centring, updated once per optimizer step.
+
+    Subclasses build students and make teachers with `self.ema.copy(student)`; every `TeacherCentering`
+    among the objective's modules moves in `after_step`, right after the EMA update.
+    """
+
+    def __init__(self, cfg: DictConfig, max_steps: int) -> None:
+        super().__init__(cfg, max_steps)
+        o = cfg.objective
+        self.ema = EMA(o.momentum_start, o.momentum_end, max_steps)
+        self.temp_warmup_steps = int(o.warmup_teacher_temp_fraction * max_steps)
+
+    def dino_head(self, in_dim: int) -> nn.Module:
+        return dino_head(in_dim, self.cfg.objective)
+
+    def centering(self) -> TeacherCentering:
+        o = self.cfg.objective
+        return TeacherCentering(o.output_dim, o.center_momentum, o.center_on)
+
+    def teacher_temperature(self, step: int) -> float:
+        o = self.cfg.objective
+        return linear_warmup(step, self.temp_warmup_steps, o.warmup_teacher_temp, o.teacher_temp)
+
+    def schedule_logs(self, step: int) -> dict[str, float]:
+        return {"teacher_temp": self.teacher_temperature(step), "momentum": self.ema.momentum(step)}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        self.ema.update(step)
+        for module in self.modules():
+            if isinstance(module, TeacherCentering):
+                module.update()

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from eval import anomaly
 from eval.config import EvalConfig
-from eval.features import Features
+from eval.extract import Features
 
 
 def test_knn_distance_score_by_hand():

@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 
 EVAL = Path(__file__).resolve().parents[2] / "eval"
-ALLOWED = ("ssl_distill.backbones", "ssl_distill.data", "ssl_distill.registry", "ssl_distill.config", "ssl_distill.launch.executors")
+ALLOWED = (
+    "ssl_distill.backbones",
+    "ssl_distill.data",
+    "ssl_distill.registry",
+    "ssl_distill.config",
+    "ssl_distill.errors",
+    "ssl_distill.files",
+    "ssl_distill.runtime",
+    "ssl_distill.launch.executors",
+)
 FORBIDDEN = ("ssl_distill.objectives", "ssl_distill.engine")
 
 
@@ -29,6 +38,20 @@ def test_eval_sources_import_only_the_allowed_parts_of_ssl_distill():
         for name in _imported_names(path):
             if name == "ssl_distill" or name.startswith("ssl_distill."):
                 assert name.startswith(ALLOWED), f"{path.name} imports {name}"
+
+
+def test_eval_modules_import_no_eval_module_that_imports_them_back():
+    """No import circle inside eval: the graph of eval -> eval imports has no cycle."""
+    graph = {
+        p.stem: {n.split(".")[1] for n in _imported_names(p) if n.startswith("eval.") and n.count(".") >= 1}
+        for p in EVAL.glob("*.py")
+    }
+    graph = {name: {dep for dep in deps if dep in graph and dep != name} for name, deps in graph.items()}
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(dep == target or (dep not in seen and reaches(dep, target, seen | {dep})) for dep in graph[start])
+
+    assert not [name for name in graph if reaches(name, name, {name})]
 
 
 def test_importing_eval_loads_no_objective_or_trainer_module():

@@ -13,7 +13,7 @@ from decord import VideoReader
 
 from eval.api import run_protocol
 from eval.config import load_eval_config
-from eval.features import FrameAverage, StaticClip
+from eval.extract import FrameAverage, StaticClip
 from eval.store import FeatureStore
 from ssl_distill.backbones import load_backbone
 from ssl_distill.backbones.video_vit import VideoViT

@@ -14,7 +14,7 @@ SHAPE = {"embed_dim": 64, "depth": 4, "num_heads": 2}
 
 def test_trained_mae_beats_random_init(tmp_path):
     overrides = [f"model.{k}={v}" for k, v in SHAPE.items()]
-    decoder = ["objective.decoder_dim=64", "objective.decoder_heads=2", "objective.decoder_depth=1"]
+    decoder = ["objective.decoder.dim=64", "objective.decoder.heads=2", "objective.decoder.depth=1"]
     cfg = load_config(
         CONFIGS / "mae/tiny_mnist.yaml",
         [*overrides, *decoder, "train.max_steps=600", f"run.out_dir={tmp_path}", "train.progress=false", "train.tensorboard=false"],
