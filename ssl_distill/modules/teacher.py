@@ -79,6 +79,8 @@ def load_part(source: str | Path, part: str) -> nn.Module:
     if part == "backbone":
         return load_backbone(source).requires_grad_(False).eval()
     path = Path(source)
+    if not path.exists():
+        raise BackboneLoadError(f"{source}: no such run directory or checkpoint")
     if path.is_dir():
         try:
             path = newest_checkpoint(path)
@@ -89,8 +91,6 @@ def load_part(source: str | Path, part: str) -> nn.Module:
             f"{source}: holds an exported backbone only, no '{part}'; give the run directory or a checkpoint "
             "of the run that trained it"
         )
-    if not path.is_file():
-        raise BackboneLoadError(f"checkpoint not found: {path}")
     try:
         checkpoint = read_checkpoint(path)
         cfg = from_yaml(checkpoint["config"])
