@@ -2,6 +2,9 @@
 it, then evaluate both against a randomly initialised backbone of the student's shape.
 
     python -m ssl_distill.demo [--out runs] [key=value ...]   (overrides apply to both runs)
+
+The one module of `ssl_distill` that imports the separate `eval` package (inside `main`, for its last
+step): the demo spans training and evaluation. Nothing else in `ssl_distill` depends on `eval`.
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ def _sinkhorn_worker(rank: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sinkhorn_under_ddp_equals_one_process_over_the_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

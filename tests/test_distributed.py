@@ -49,6 +49,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
@@ -85,6 +86,7 @@ def _descendants(pid: int) -> list[int]:
 MAE = ["train.max_steps=24", "optim.lr=1e-3", "train.checkpoint_every=1000"]
 
 
+@pytest.mark.slow
 def test_signal_writes_a_checkpoint_at_that_step_and_the_rerun_continues_exactly(tmp_path):
     reference = train(tiny_config("mae/tiny_mnist.yaml", tmp_path / "reference", *MAE))
     command = [sys.executable, "-m", "ssl_distill.cli", "train", str(CONFIGS / "mae/tiny_mnist.yaml"), *TINY, f"run.out_dir={tmp_path / 'stopped'}", *MAE]
@@ -104,6 +106,7 @@ def test_signal_writes_a_checkpoint_at_that_step_and_the_rerun_continues_exactly
     np.testing.assert_allclose(_losses(run_dir), reference.losses, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_trains_survives_preemption_and_returns_its_result(tmp_path):
     cfg = tiny_config("mae/tiny_mnist.yaml", tmp_path, *MAE)
     job = submit(cfg, local=True)

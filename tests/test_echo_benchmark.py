@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "echo_benchmark.py"
 
 
@@ -19,6 +21,7 @@ def _load_benchmark(monkeypatch):
     return module
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_row_and_metric(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_DISTILL_CACHE", str(tmp_path / "cache"))
     bench = _load_benchmark(monkeypatch)

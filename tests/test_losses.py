@@ -1,4 +1,4 @@
-"""Loss math on small fixed tensors (values derived by hand, see shared/research/dmae.md §7)."""
+"""Loss math on small fixed tensors (values derived by hand in the comments; docs/methods/dmae.md)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def test_dmae_teacher_has_no_gradient_or_optimizer_state_and_shares_the_mask(tmp
 
 
 def test_dmae_matches_a_from_spec_reimplementation(tmp_path, mae_teacher):
-    """dmae.md §7.6: the modular loss equals a plain re-implementation of §1 written in this test."""
+    """The modular loss equals a plain re-implementation of the method (docs/methods/dmae.md) written here."""
     cfg = tiny_config("dmae/tiny_mnist.yaml", tmp_path, f"objective.teacher.source={mae_teacher}", "train.max_steps=2")
     objective = Trainer(cfg).objective.eval()
     images = torch.randn(2, 3, 32, 32)

@@ -135,6 +135,7 @@ def test_parts_rebuilt_from_a_run_hold_its_trained_weights_and_missing_parts_are
         load_part(tmp_path / "empty", "decoder")
 
 
+@pytest.mark.slow
 def test_configs_load_and_validate_in_a_fresh_interpreter():
     code = (
         "from ssl_distill.config import load_config, from_yaml, to_yaml\n"

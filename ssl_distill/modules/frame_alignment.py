@@ -3,7 +3,7 @@
 Video tokens are t-major over (T', S) with S = H' * W' spatial positions; frame tokens are
 (B, T, S, D) with T = T' * tubelet. The default pairs video token (t, s) with frame t * tubelet
 (the tubelet's first frame) at the same s. `official=True` reproduces the released code
-(discovr.md, "Subtle details" 2): every `tubelet`-th token of the flattened (T S) axis as targets,
+(docs/methods/discovr.md, "Token pairing"): every `tubelet`-th token of the flattened (T S) axis as targets,
 and decoder outputs in [visible, hidden] order instead of patch order.
 """
 

@@ -5,11 +5,13 @@ TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.
 
 
 def test_evaluate_returns_the_benchmark_numbers(tmp_path):
-    # the bundled MNIST is ordered by digit: 500 samples per split still hold two classes
     settings = [*TINY, "data.limit=500", f"run.cache_dir={tmp_path}", "segment.epochs=1"]
     scores = evaluate("vit_tiny_patch16_224", overrides=settings, out=tmp_path / "results")
     assert set(scores) == {"knn_top1", "linear_top1", "segment_miou", "seconds"}
-    assert all(0.0 <= scores[name] <= 1.0 for name in ("knn_top1", "linear_top1", "segment_miou"))
+    # even a random ViT's features beat chance (0.1) on digits by far; a shifted label map or broken
+    # features would not (measured: kNN 0.34-0.41 over three init seeds, linear 0.46)
+    assert scores["knn_top1"] > 0.2 and scores["linear_top1"] > 0.25
+    assert 0.0 < scores["segment_miou"] < 1.0
     assert {p.name for p in (tmp_path / "results").glob("*.json")} == {
         "knn-mnist.json",
         "linear-mnist.json",

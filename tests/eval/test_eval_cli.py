@@ -30,8 +30,10 @@ def test_knn_end_to_end_on_a_tiny_random_vit(tmp_path, capsys):
     record = json.loads((out / "knn-shapes.json").read_text())
     assert record["protocol"] == "knn" and record["data"] == "shapes"
     assert record["config"]["knn"]["ks"] == [5, 10] and record["config"]["data"]["limit"] == 40
-    assert 0.0 <= record["metrics"]["top1"] <= 1.0 and "top1@5" in record["metrics"]
-    assert len(record["details"]["confusion"]) == 5
+    confusion = record["details"]["confusion"]
+    assert len(confusion) == 5 and sum(map(sum, confusion)) == record["details"]["queries"] == 40
+    correct = sum(confusion[i][i] for i in range(5)) / 40
+    assert record["metrics"]["top1"] == pytest.approx(correct) and "top1@5" in record["metrics"]
     assert (out / record["artifacts"]["sample"]).is_file()
     printed = capsys.readouterr().out
     assert "| k " in printed and "knn-shapes.json" in printed

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EVAL = Path(__file__).resolve().parents[2] / "eval"
 ALLOWED = (
     "ssl_distill.backbones",
@@ -54,6 +56,7 @@ def test_eval_modules_import_no_eval_module_that_imports_them_back():
     assert not [name for name in graph if reaches(name, name, {name})]
 
 
+@pytest.mark.slow
 def test_importing_eval_loads_no_objective_or_trainer_module():
     modules = [f"eval.{p.stem}" for p in sorted(EVAL.glob("*.py")) if p.stem != "__init__"]
     code = (

@@ -3,6 +3,8 @@ a randomly initialised ViT of the same shape on bundled MNIST kNN and linear-pro
 
 from __future__ import annotations
 
+import pytest
+
 from eval.api import evaluate
 from ssl_distill.config import load_config
 from ssl_distill.engine import train
@@ -12,6 +14,7 @@ from conftest import CONFIGS
 SHAPE = {"embed_dim": 64, "depth": 4, "num_heads": 2}
 
 
+@pytest.mark.slow
 def test_trained_mae_beats_random_init(tmp_path):
     overrides = [f"model.{k}={v}" for k, v in SHAPE.items()]
     decoder = ["objective.decoder.dim=64", "objective.decoder.heads=2", "objective.decoder.depth=1"]
