@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_distill.config import SlurmConfig, check_data_options, merge_checked
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl_distill.errors import ConfigError
+from ssl_distill.schema import check_values, ranged
 
 POOLINGS = ("cls", "mean", "cls_mean", "patch")
 
@@ -44,11 +45,11 @@ class DataConfig:
 
     name: str = "mnist"
     root: str | None = None
-    limit: int | None = None
+    limit: int | None = ranged(None, "[1, inf)")
     options: Any = field(default_factory=dict)  # schema: the dataset's Config (checked at load)
-    batch_size: int = 256
-    num_workers: int = 0
-    img_size: int | None = None
+    batch_size: int = ranged(256, "[1, inf)")
+    num_workers: int = ranged(0, "[0, inf)")
+    img_size: int | None = ranged(None, "[1, inf)")
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -184,6 +185,7 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
     try:
         merged.data.options = check_data_options(merged.data.name, merged.data.options, "ssl-eval")
+        check_values(merged, EvalConfig, "ssl-eval")
     except ConfigError as error:
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
     for section in ("features", "knn", "linear", "retrieve", "anomaly"):

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from ssl_distill.errors import RunError
+
 STOPPED_FOR_REQUEUE = 3  # exit code after a checkpointed stop on SIGUSR1 / SIGTERM (see slurm/)
 
 
@@ -20,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     trainer = Trainer(cfg, init_distributed())
     try:
-        with trainer.stop_on_signals(signal.SIGUSR1, signal.SIGTERM):
+        with trainer.stop_on_signals(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             result = trainer.fit()
     except Preempted as stop:
         print(f"ssl-distill: {stop}; run the same command to resume", file=sys.stderr)
@@ -98,9 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Wrong values, paths or names in a config or on the command line (ConfigError and BackboneLoadError
-# are ValueErrors): one line, exit 2. SSL_DISTILL_DEBUG=1 shows the traceback instead.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+# Wrong values, paths or names in a config or on the command line (ConfigError, BackboneLoadError and
+# DataError are ValueErrors), files that cannot be read or written, and runs that stop for a reason to fix
+# (RunError: a NaN loss, a full disk, a run directory in use): one line, exit 2. SSL_DISTILL_DEBUG=1 shows
+# the traceback instead.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, RunError)
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a user error; an error re-raised from a DataLoader worker carries the worker's
+    traceback in its message: its last line holds the original message."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if os.environ.get("SSL_DISTILL_DEBUG"):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"ssl-distill: error: {message}", file=sys.stderr)
+        print(f"ssl-distill: error: {error_line(error)}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ssl_distill.errors import ConfigError
 from ssl_distill.registry import BACKBONES, DATASETS, OBJECTIVES, TRANSFORMS, Registry, closest
+from ssl_distill.schema import check_values, choice, ranged
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 __all__ = ["Config", "ConfigError", "load_config", "validate", "from_yaml", "to_yaml", "check_data_options"]
 
@@ -27,7 +30,7 @@ __all__ = ["Config", "ConfigError", "load_config", "validate", "from_yaml", "to_
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = ranged(0, "[0, inf)")
 
 
 @dataclass
@@ -35,35 +38,35 @@ class DataConfig:
     name: str = "mnist"
     root: str | None = None
     split: str = "train"
-    limit: int | None = None
-    batch_size: int = 64
-    num_workers: int = 0
+    limit: int | None = ranged(None, "[1, inf)")
+    batch_size: int = ranged(64, "[1, inf)")
+    num_workers: int = ranged(0, "[0, inf)")
     options: Any = field(default_factory=dict)  # schema: DATASETS.get(name).Config (e.g. video num_frames)
     transform: Any = field(default_factory=lambda: {"name": "mae"})  # schema: TRANSFORMS.get(name).Config
 
 
 @dataclass
 class OptimConfig:
-    lr: float | None = None  # absolute; None means base_lr * global_batch / 256
-    base_lr: float = 1.5e-4
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    weight_decay_end: float | None = None  # cosine from weight_decay to this; None keeps it constant
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_fraction: float = 0.1  # of all steps, linear from 0 to lr, then half-cosine to min_lr
-    clip_grad: float | None = None
+    lr: float | None = ranged(None, "(0, inf)")  # absolute; None means base_lr * global_batch / 256
+    base_lr: float = ranged(1.5e-4, "(0, inf)")
+    min_lr: float = ranged(0.0, "[0, inf)")
+    weight_decay: float = ranged(0.05, "[0, inf)")
+    weight_decay_end: float | None = ranged(None, "[0, inf)")  # cosine from weight_decay to this; None: constant
+    betas: list[float] = ranged([0.9, 0.95], "[0, 1)")
+    warmup_fraction: float = ranged(0.1, "[0, 1]")  # of all steps, linear from 0 to lr, then half-cosine to min_lr
+    clip_grad: float | None = ranged(None, "(0, inf)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None  # if set, the run stops here (schedules span this many steps)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # torch CPU threads; None keeps torch's default (1 helps on shared cores)
-    log_every: int = 10
-    checkpoint_every: int = 0  # steps; 0 saves only at the end
-    keep_checkpoints: int = 2
+    epochs: int = ranged(1, "[1, inf)")
+    max_steps: int | None = ranged(None, "[1, inf)")  # if set, the run stops here (schedules span this many steps)
+    precision: str = choice("fp32", PRECISIONS)
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
+    threads: int | None = ranged(None, "[1, inf)")  # torch CPU threads; None keeps torch's default (1 helps on shared cores)
+    log_every: int = ranged(10, "[1, inf)")
+    checkpoint_every: int = ranged(0, "[0, inf)")  # steps; 0 saves only at the end
+    keep_checkpoints: int = ranged(2, "[0, inf)")  # 0 keeps them all
     resume: bool = True  # continue from the newest complete checkpoint in the run directory
     progress: bool = True
     tensorboard: bool = True
@@ -78,14 +81,14 @@ class SlurmConfig:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 1
-    tasks_per_node: int | None = None  # default: one process per GPU
-    cpus_per_task: int = 8
-    mem_gb: int | None = None
-    timeout_min: int = 1440
-    signal_delay_s: int = 120  # the checkpoint signal comes this long before the time limit
-    max_requeues: int = 30
+    nodes: int = ranged(1, "[1, inf)")
+    gpus_per_node: int = ranged(1, "[0, inf)")
+    tasks_per_node: int | None = ranged(None, "[1, inf)")  # default: one process per GPU
+    cpus_per_task: int = ranged(8, "[1, inf)")
+    mem_gb: int | None = ranged(None, "[1, inf)")
+    timeout_min: int = ranged(1440, "[1, inf)")
+    signal_delay_s: int = ranged(120, "[0, inf)")  # the checkpoint signal comes this long before the time limit
+    max_requeues: int = ranged(30, "[0, inf)")
     additional: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH options
 
 
@@ -99,8 +102,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -238,8 +239,11 @@ def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
         transform = OmegaConf.merge(objective_cls.default_transform, transform or {})
     cfg.data.transform = _check_named_section(transform, TRANSFORMS, where, "data.transform.")
     _resolve_clip_length(cfg, where)
-    if cfg.train.precision not in PRECISIONS:
-        raise ConfigError(f"{where}: train.precision must be one of {PRECISIONS}, got '{cfg.train.precision}'")
+    check_values(cfg, Config, where)
+    check_values(cfg.objective, objective_cls.Config, where, "objective.")
+    check_values(cfg.model, BACKBONES.get(cfg.model.kind).Config, where, "model.")
+    check_values(cfg.data.options, DATASETS.get(cfg.data.name).Config, where, "data.options.")
+    check_values(cfg.data.transform, TRANSFORMS.get(cfg.data.transform.name).Config, where, "data.transform.")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{where}: missing required value for '{missing[0]}'")

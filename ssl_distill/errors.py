@@ -12,3 +12,12 @@ class ConfigError(ValueError):
 
 class BackboneLoadError(ValueError):
     """Weights do not fit the backbone, or a source (file, run, part) cannot be read."""
+
+
+class DataError(ValueError):
+    """Data cannot be read as configured (a list naming missing files, every video unreadable, ...)."""
+
+
+class RunError(RuntimeError):
+    """A run stopped and cannot go on as it is (a NaN loss, a full disk, a run directory in use); what was
+    written before is intact and the message says what to do."""

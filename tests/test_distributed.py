@@ -5,6 +5,7 @@ writing a checkpoint leaves the previous one loadable."""
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import torch.multiprocessing as mp
 from ssl_distill import checkpoints as ckpt
 from ssl_distill.config import load_config
 from ssl_distill.engine import Trainer, train
+from ssl_distill.errors import RunError
 from ssl_distill.launch.submit import submit
 
 from conftest import CONFIGS, REPO, TINY, tiny_config
@@ -131,11 +133,11 @@ def test_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path, m
 
     def dies_halfway(payload, path):
         path.write_bytes(b"partial bytes")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", dies_halfway)
     trainer.step = 3
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RunError, match="no space left on .* while writing checkpoint 3; the previous checkpoint .*_00000002.pt is intact"):
         trainer.save_checkpoint()
     monkeypatch.undo()
     assert ckpt.list_checkpoints(trainer.checkpoint_dir) == good

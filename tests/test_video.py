@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from ssl_distill.data.echo import write_synthetic_echo, write_video
 from ssl_distill.data.loader import ResumableSampler
 from ssl_distill.data.video import VideoClipDataset, video_entries
+from ssl_distill.errors import DataError
 from ssl_distill.registry import DATASETS
 
 CLIP = dict(num_frames=8, stride=2, img_size=32)
@@ -123,7 +124,7 @@ def test_bad_files_are_skipped_counted_and_warned(bad_files):
 def test_all_bad_files_raise_a_clear_error(bad_files):
     bad = [bad_files[name] for name in ("garbage", "truncated", "missing", "short")]
     dataset = VideoClipDataset(bad, **CLIP)
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="could not be read") as error:
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="could not be read") as error:
         dataset[0]
     assert all(str(path) in str(error.value) for path in bad)
 

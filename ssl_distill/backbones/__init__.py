@@ -10,6 +10,7 @@ keys raise instead of leaving random weights in place.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,13 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise BackboneLoadError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
 
 
+FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or os.sep in text or Path(text).suffix in FILE_SUFFIXES
+
+
 def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) -> nn.Module:
     """Load a backbone for distillation or evaluation; `sizes` override the spec (timm names only)."""
     path = Path(source)
@@ -98,12 +106,16 @@ def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) 
             path = resolve_run_path(path)
         except FileNotFoundError as error:
             raise BackboneLoadError(str(error)) from None
+    elif not path.exists() and not str(source).startswith("timm:") and _looks_like_path(str(source)):
+        raise BackboneLoadError(f"{source}: no such run directory, checkpoint or exported file")
     text = str(path) if path.exists() else str(source)
     if text.endswith(".safetensors"):
-        if not path.is_file():
-            raise BackboneLoadError(f"exported weights not found: {path}")
-        with safe_open(text, "pt") as handle:
-            metadata = handle.metadata() or {}
+        try:
+            with safe_open(text, "pt") as handle:
+                metadata = handle.metadata() or {}
+            state = load_file(text)
+        except Exception as error:
+            raise BackboneLoadError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from None
         if SPEC_KEY in metadata:
             spec = json.loads(metadata[SPEC_KEY])
         elif "name" in sizes:
@@ -111,7 +123,7 @@ def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) 
         else:
             raise BackboneLoadError(f"{path}: no {SPEC_KEY} metadata; pass name= and sizes to load it")
         backbone = build_backbone(spec, initialize=False)
-        _load_strict(backbone, load_file(text), text)
+        _load_strict(backbone, state, text)
         return backbone
     if path.suffix in (".pt", ".pth", ".ckpt"):
         checkpoint = _read_checkpoint(path)

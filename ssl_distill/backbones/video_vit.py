@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ssl_distill.backbones.encoder import TokenEncoder
 from ssl_distill.modules.tubelets import tubelet_pixels
+from ssl_distill.schema import choice, ranged
 
 POSITION_TABLES = ("sincos_3d", "sincos_1d")
 
@@ -33,19 +34,19 @@ class VideoViTConfig:
     """`model` section of `kind: video_vit`. `num_frames` None takes `data.options.num_frames`."""
 
     kind: str = "video_vit"
-    img_size: int = 112
-    num_frames: int | None = None
-    patch_size: int = 16
-    tubelet_size: int = 2
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    in_chans: int = 3
+    img_size: int = ranged(112, "[1, inf)")
+    num_frames: int | None = ranged(None, "[1, inf)")
+    patch_size: int = ranged(16, "[1, inf)")
+    tubelet_size: int = ranged(2, "[1, inf)")
+    embed_dim: int = ranged(192, "[2, inf)")
+    depth: int = ranged(12, "[1, inf)")
+    num_heads: int = ranged(3, "[1, inf)")
+    mlp_ratio: float = ranged(4.0, "(0, inf)")
+    in_chans: int = ranged(3, "[1, inf)")
     qkv_bias: bool = True
-    norm_eps: float = 1e-6
-    pos_embed: str = "sincos_3d"  # sincos_3d | sincos_1d (VideoMAE's, DISCOVR's default)
-    drop_path_rate: float = 0.0
+    norm_eps: float = ranged(1e-6, "(0, inf)")
+    pos_embed: str = choice("sincos_3d", POSITION_TABLES)  # sincos_1d: VideoMAE's (DISCOVR's default)
+    drop_path_rate: float = ranged(0.0, "[0, 1)")
 
 
 def sincos_1d(num_positions: int, dim: int) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ssl_distill.backbones.encoder import TokenEncoder
 from ssl_distill.errors import ConfigError
 from ssl_distill.registry import closest
+from ssl_distill.schema import ranged
 
 
 @dataclass
@@ -28,14 +29,14 @@ class ViTConfig:
 
     kind: str = "vit"
     name: str = "vit_tiny_patch16_224"
-    img_size: int = 32
-    patch_size: int | None = 4
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    in_chans: int | None = None  # None: timm's 3
-    drop_path_rate: float = 0.0
+    img_size: int = ranged(32, "[1, inf)")
+    patch_size: int | None = ranged(4, "[1, inf)")
+    embed_dim: int | None = ranged(None, "[1, inf)")
+    depth: int | None = ranged(None, "[1, inf)")
+    num_heads: int | None = ranged(None, "[1, inf)")
+    mlp_ratio: float | None = ranged(None, "(0, inf)")
+    in_chans: int | None = ranged(None, "[1, inf)")  # None: timm's 3
+    drop_path_rate: float = ranged(0.0, "[0, 1)")
 
 
 class ViT(TokenEncoder):

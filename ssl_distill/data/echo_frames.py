@@ -26,6 +26,7 @@ from ssl_distill.data.video import (
     video_entries,
 )
 from ssl_distill.registry import DATASETS
+from ssl_distill.schema import ranged
 
 LV_CAVITY = 1
 
@@ -111,8 +112,8 @@ class EchoFrames(ImageSource):
 class EchoFramesOptions(SyntheticEchoOptions):
     """`data.options` of `echo_frames`."""
 
-    frames_per_video: int = 8
-    cache_mb: float = 512.0
+    frames_per_video: int = ranged(8, "[1, inf)")
+    cache_mb: float = ranged(512.0, "[0, inf)")
 
 
 @DATASETS.register("echo_frames", config=EchoFramesOptions)

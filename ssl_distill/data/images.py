@@ -7,6 +7,7 @@ transforms and batching happen elsewhere, so training and evaluation read the sa
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ssl_distill.config import check_data_options
 from ssl_distill.data.bundled import MNIST_CLASSES, SHAPE_CLASSES, load_mnist, make_shapes
+from ssl_distill.errors import DataError
 from ssl_distill.registry import DATASETS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -28,6 +30,7 @@ class Sample:
     image: Image.Image
     label: int
     mask: np.ndarray | None = None  # (H, W) integer class per pixel
+    skipped: int = 0  # unreadable files passed over to give this sample
 
 
 class ImageSource(Dataset):
@@ -63,23 +66,39 @@ class ArraySource(ImageSource):
         return Sample(image, int(self.labels[index]), mask)
 
 
-class FileSource(ImageSource):
-    """Image files with labels; a file that cannot be read raises with its path."""
+def read_image(path: Path) -> Image.Image:
+    """An RGB image; 16-bit greyscale (PIL modes I;16* and I) is scaled from 0..65535 to 0..255 by its bit
+    depth instead of being clipped (PIL's `convert` saturates every value above 255)."""
+    with Image.open(path) as image:
+        if image.mode.startswith("I;16") or image.mode == "I":
+            values = np.asarray(image, dtype=np.float64)
+            return Image.fromarray(np.round(values.clip(0, 65535) / 257.0).astype(np.uint8)).convert("RGB")
+        return image.convert("RGB")
 
-    def __init__(self, files: list[Path], labels: list[int], classes: tuple[str, ...]):
+
+class FileSource(ImageSource):
+    """Image files with labels. A file that cannot be read is skipped with a warning naming it, counted in
+    the sample's `skipped`, and the next file takes its place (as bad videos are); `max_failures`
+    unreadable files in a row raise DataError naming them."""
+
+    def __init__(self, files: list[Path], labels: list[int], classes: tuple[str, ...], max_failures: int = 16):
         if not files:
             raise FileNotFoundError("no images found")
-        self.files, self.labels, self.classes = files, labels, classes
+        self.files, self.labels, self.classes, self.max_failures = files, labels, classes, max_failures
 
     def __len__(self) -> int:
         return len(self.files)
 
     def sample(self, index: int) -> Sample:
-        try:
-            with Image.open(self.files[index]) as image:
-                return Sample(image.convert("RGB"), self.labels[index])
-        except OSError as error:
-            raise OSError(f"cannot read image {self.files[index]}: {error}") from None
+        failed = []
+        for attempt in range(min(len(self), self.max_failures)):
+            current = (index + attempt) % len(self)
+            try:
+                return Sample(read_image(self.files[current]), self.labels[current], skipped=attempt)
+            except (OSError, ValueError) as error:
+                failed.append(str(self.files[current]))
+                warnings.warn(f"skipping unreadable image {self.files[current]}: {error}", stacklevel=2)
+        raise DataError(f"{len(failed)} images in a row could not be read: {', '.join(failed)}")
 
 
 def _limit(source: ImageSource, limit: int | None) -> ImageSource:
@@ -117,18 +136,33 @@ def shapes(root: str | None = None, split: str = "train", limit: int | None = No
     return ArraySource(images, labels, SHAPE_CLASSES, masks)
 
 
+SPLIT_FOLDERS = ("train", "val", "validation", "test")
+
+
 @DATASETS.register("folder", config=NoOptions)
 def folder(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
-    """ImageFolder layout: `root/<split>/<class>/*.png` if `root/<split>` exists, else `root/<class>/*`."""
+    """ImageFolder layout: `root/<split>/<class>/*.png`, or `root/<class>/*` without split folders.
+
+    The class list is the same for every split: the sorted union of the class folders of all split
+    folders, so a class missing from one split shifts no label."""
     if root is None:
         raise ValueError("data.root is required for the 'folder' dataset")
-    base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(f"data.root: no such folder: {base}")
-    classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+    top = Path(root)
+    if not top.is_dir():
+        raise FileNotFoundError(f"data.root: no such folder: {top}")
+    splits = [d for d in sorted(top.iterdir()) if d.is_dir() and d.name in {*SPLIT_FOLDERS, split}]
+    if splits:
+        if not (top / split).is_dir():
+            raise FileNotFoundError(
+                f"data.root: {top} has split folders ({', '.join(d.name for d in splits)}) but no '{split}'"
+            )
+        base, class_dirs = top / split, [c for d in splits for c in d.iterdir() if c.is_dir()]
+    else:
+        base, class_dirs = top, [c for c in top.iterdir() if c.is_dir()]
+    classes = tuple(sorted({c.name for c in class_dirs}))
     files, labels = [], []
     for label, name in enumerate(classes):
-        for file in sorted((base / name).rglob("*")):
+        for file in sorted((base / name).rglob("*")) if (base / name).is_dir() else []:
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(file)
                 labels.append(label)
@@ -137,21 +171,56 @@ def folder(root: str | None = None, split: str = "train", limit: int | None = No
     return _limit(FileSource(files, labels, classes), limit)
 
 
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV with a header; a file that is not UTF-8, empty or header-only raises DataError
+    naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = reader.fieldnames
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a UTF-8 text file ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise DataError(f"{path}: not a valid CSV file ({error})") from None
+    if not header:
+        raise DataError(f"{path}: the file is empty (expected a header line, then one row per item)")
+    if not rows:
+        raise DataError(f"{path}: has a header ({', '.join(header)}) but no rows")
+    return rows
+
+
+def _class_order(names: set[str]) -> tuple[str, ...]:
+    """Class names sorted numerically when they are all integers (so '10' follows '9'), else as text."""
+    if names and all(name.lstrip("-").isdigit() for name in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
+
+
 @DATASETS.register("csv", config=NoOptions)
 def csv_list(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
-    """A CSV with columns `path` and optional `label` (and optional `split`); paths relative to the CSV."""
+    """A CSV with columns `path` and optional `label` (and optional `split`); paths relative to the CSV.
+
+    The class list comes from every row (all splits), so labels mean the same in each split. Every listed
+    file of the split is checked up front: missing ones are named in one error."""
     if root is None or not Path(root).is_file():
         raise FileNotFoundError(f"data.root: CSV file not found: {root}")
-    with open(root, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and "path" not in rows[0]:
-        raise ValueError(f"{root}: needs a 'path' column, has {list(rows[0])}")
-    if rows and "split" in rows[0]:
+    rows = read_csv_rows(Path(root))
+    if "path" not in rows[0]:
+        raise DataError(f"{root}: needs a 'path' column, has {list(rows[0])}")
+    classes = _class_order({row.get("label") or "" for row in rows})
+    if "split" in rows[0]:
+        present = sorted({row["split"] for row in rows})
         rows = [row for row in rows if row["split"] == split]
-    names = sorted({row.get("label", "") or "" for row in rows})
-    classes = tuple(names)
-    files = [(Path(root).parent / row["path"]) for row in rows]
-    labels = [classes.index(row.get("label", "") or "") for row in rows]
+        if not rows:
+            raise DataError(f"{root}: no rows with split '{split}' (splits present: {', '.join(present)})")
+    files = [Path(root).parent / row["path"] for row in rows]
+    missing = [str(file) for file in files if not file.is_file()]
+    if missing:
+        raise DataError(
+            f"{root}: {len(missing)} of {len(files)} listed files do not exist, e.g. {', '.join(missing[:3])}"
+        )
+    labels = [classes.index(row.get("label") or "") for row in rows]
     return _limit(FileSource(files, labels, classes), limit)
 
 

@@ -9,6 +9,7 @@ transform of each sample with its sample_seed. Resuming at batch b of epoch e is
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,9 +33,9 @@ def seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
 
 
 class ViewDataset(Dataset):
-    """Source + view transform -> {'views': [view tensors], 'label', 'index'[, 'mask']}."""
+    """Source + view transform -> {'views': [view tensors], 'label', 'index', 'skipped'[, 'mask']}."""
 
-    provides = frozenset({"views", "label", "index"})
+    provides = frozenset({"views", "label", "index", "skipped"})
 
     def __init__(self, source: Dataset, transform: Callable) -> None:
         self.source, self.transform = source, transform
@@ -45,7 +46,12 @@ class ViewDataset(Dataset):
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, key)
         sample = self.source[index]
-        item = {"views": seeded_call(seed, lambda: self.transform(sample.image)), "label": sample.label, "index": index}
+        item = {
+            "views": seeded_call(seed, lambda: self.transform(sample.image)),
+            "label": sample.label,
+            "index": index,
+            "skipped": sample.skipped,
+        }
         if sample.mask is not None:
             item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
         return item
@@ -85,6 +91,16 @@ class ResumableSampler(Sampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers leave the stop signals to the main process: SLURM and Ctrl-C signal the whole
+    process group, and a worker killed by one would take the run down before it can checkpoint."""
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def build_loader(dataset: Dataset, sampler: ResumableSampler, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     return DataLoader(
         dataset,
@@ -94,4 +110,5 @@ def build_loader(dataset: Dataset, sampler: ResumableSampler, num_workers: int =
         drop_last=True,
         pin_memory=pin_memory,
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if num_workers else None,
     )

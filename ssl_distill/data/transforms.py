@@ -15,6 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from ssl_distill.registry import TRANSFORMS
+from ssl_distill.schema import ranged
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -27,8 +28,8 @@ def _normalize(mean: list[float], std: list[float]) -> dict[str, list[float]]:
 @dataclass
 class MAEViewConfig:
     name: str = "mae"
-    img_size: int = 32
-    min_scale: float = 0.2
+    img_size: int = ranged(32, "[1, inf)")
+    min_scale: float = ranged(0.2, "(0, 1]")
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -36,14 +37,14 @@ class MAEViewConfig:
 @dataclass
 class MultiCropConfig:
     name: str = "multicrop"
-    global_crop_size: int = 32
-    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_crop_size: int = 16
-    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    n_local_views: int = 6
-    cj_prob: float = 0.8
-    random_gray_scale: float = 0.2
-    solarization_prob: float = 0.2
+    global_crop_size: int = ranged(32, "[1, inf)")
+    global_crop_scale: list[float] = ranged([0.4, 1.0], "(0, 1]")
+    local_crop_size: int = ranged(16, "[1, inf)")
+    local_crop_scale: list[float] = ranged([0.05, 0.4], "(0, 1]")
+    n_local_views: int = ranged(6, "[0, inf)")
+    cj_prob: float = ranged(0.8, "[0, 1]")
+    random_gray_scale: float = ranged(0.2, "[0, 1]")
+    solarization_prob: float = ranged(0.2, "[0, 1]")
     blur: bool = True
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
@@ -52,7 +53,7 @@ class MultiCropConfig:
 @dataclass
 class EvalViewConfig:
     name: str = "eval"
-    img_size: int = 32
+    img_size: int = ranged(32, "[1, inf)")
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 

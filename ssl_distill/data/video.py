@@ -12,7 +12,6 @@ per item, since with DataLoader workers the dataset's own counters live in the w
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
@@ -31,9 +30,12 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from ssl_distill.data.bundled import cache_dir
 from ssl_distill.data.echo import write_synthetic_echo
+from ssl_distill.data.images import read_csv_rows
 from ssl_distill.data.loader import seeded_call
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssl_distill.errors import DataError
 from ssl_distill.registry import DATASETS
+from ssl_distill.schema import choice, ranged
 
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
 # EchoNet-Pediatric keeps fold ids 0-9 in `Split`
@@ -74,15 +76,13 @@ def _in_split(value: str, split: str) -> bool:
     return value.lower() == split
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def filelist_entries(root: str | Path, split: str = "all") -> list[VideoEntry]:
     """Entries of an EchoNet-style folder; `FileName` may lack the extension (any video suffix)."""
     root = Path(root)
-    rows = [row for row in _read_csv(root / "FileList.csv") if _in_split(row.get("Split", ""), split)]
+    rows = read_csv_rows(root / "FileList.csv")
+    if "FileName" not in rows[0]:
+        raise DataError(f"{root / 'FileList.csv'}: needs a 'FileName' column (EchoNet layout), has {list(rows[0])}")
+    rows = [row for row in rows if _in_split(row.get("Split", ""), split)]
     videos = {p.stem: p for p in sorted((root / "Videos").glob("*")) if p.suffix.lower() in VIDEO_SUFFIXES}
     entries = []
     for row in rows:
@@ -103,9 +103,7 @@ def filelist_entries(root: str | Path, split: str = "all") -> list[VideoEntry]:
 def csv_entries(path: str | Path, split: str = "all") -> list[VideoEntry]:
     """Entries of a CSV with a `path` column (else the first column) and optional label, EF, split."""
     path = Path(path)
-    rows = _read_csv(path)
-    if not rows:
-        return []
+    rows = read_csv_rows(path)
     columns = list(rows[0])
     path_column = "path" if "path" in columns else columns[0]
     label_column = next((c for c in ("label", "class_name", "Label") if c in columns), None)
@@ -144,7 +142,7 @@ class VideoClipDataset(Dataset):
     starts, or the centres of K equal stretches with 'uniform'), for clip-averaged evaluation.
     `crop_scale=None` turns the crop off (the whole frame is resized). `dataset[(index, seed)]`
     seeds the clip starts and the crop; `dataset[index]` uses seed = index. A bad file is replaced
-    by the next video; `max_failures` bad files in a row raise a RuntimeError naming them.
+    by the next video; `max_failures` bad files in a row raise a DataError naming them.
     """
 
     def __init__(
@@ -225,9 +223,7 @@ class VideoClipDataset(Dataset):
                 "skipped": attempt,
                 **self._transform(frames, masks),
             }
-        raise RuntimeError(
-            f"{len(failed)} videos in a row could not be read (see the warnings): {', '.join(failed)}"
-        )
+        raise DataError(f"{len(failed)} videos in a row could not be read: {', '.join(failed)}")
 
     def _starts(self, total: int) -> torch.Tensor:
         """(K,) first frame of each clip."""
@@ -302,27 +298,27 @@ def synthetic_echo(preset: str = "adult", n: int = 48, seed: int = 0) -> Path:
 class SyntheticEchoOptions:
     """The synthetic set used when `data.root` is not given."""
 
-    preset: str = "adult"  # adult | pediatric | camus
-    synthetic_videos: int = 48
-    synthetic_seed: int = 0
+    preset: str = choice("adult", ("adult", "pediatric", "camus"))
+    synthetic_videos: int = ranged(48, "[8, inf)")
+    synthetic_seed: int = ranged(0, "[0, inf)")
 
 
 @dataclass
 class EchoVideoOptions(SyntheticEchoOptions):
     """`data.options` of `echo_video`: the clip sampling and transform of `VideoClipDataset`."""
 
-    num_frames: int = 16
-    stride: int = 2
-    clip_sampling: str = "random"  # random | uniform
-    clips_per_video: int = 1
-    img_size: int = 112
-    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])  # None: no crop
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.0
+    num_frames: int = ranged(16, "[1, inf)")
+    stride: int = ranged(2, "[1, inf)")
+    clip_sampling: str = choice("random", ("random", "uniform"))
+    clips_per_video: int = ranged(1, "[1, inf)")
+    img_size: int = ranged(112, "[1, inf)")
+    crop_scale: list[float] | None = ranged([0.5, 1.0], "(0, 1]")  # None: no crop
+    crop_ratio: list[float] = ranged([3 / 4, 4 / 3], "(0, inf)")
+    hflip: float = ranged(0.0, "[0, 1]")
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    std: list[float] = ranged(list(IMAGENET_STD), "(0, inf)")
     with_masks: bool = False
-    max_failures: int = 16
+    max_failures: int = ranged(16, "[1, inf)")
 
 
 @DATASETS.register("echo_video", config=EchoVideoOptions)

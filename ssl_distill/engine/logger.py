@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import time
+import warnings
 from pathlib import Path
 
 
 class MetricsLogger:
     """Appends rows; on resume, rows past the resumed step (written after the last checkpoint) are dropped
-    so the log reads as one continuous run."""
+    so the log reads as one continuous run. A run that starts over at step 0 next to an old metrics.csv (its
+    checkpoints were deleted) moves the old file aside, with a warning, instead of dropping its rows."""
 
     def __init__(self, run_dir: Path, resume_step: int = 0, tensorboard: bool = True, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.csv"
@@ -17,6 +20,14 @@ class MetricsLogger:
         self.writer = None
         if not enabled:
             return
+        if self.path.is_file() and resume_step == 0 and self.path.stat().st_size > 0:
+            kept = self.path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            self.path.replace(kept)
+            warnings.warn(
+                f"{run_dir}: no checkpoint to resume from, so the run starts at step 0; the old metrics.csv "
+                f"is kept as {kept.name}",
+                stacklevel=2,
+            )
         if self.path.is_file():
             with open(self.path, newline="") as handle:
                 rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= resume_step]

@@ -4,6 +4,7 @@ atomic checkpoints and exact resume. It knows objectives only through their cont
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import time
 import warnings
@@ -23,7 +24,8 @@ from ssl_distill.config import config_changes, from_yaml, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
 from ssl_distill.engine.logger import MetricsLogger
-from ssl_distill.errors import ConfigError
+from ssl_distill.engine.rundir import run_directory
+from ssl_distill.errors import ConfigError, RunError
 from ssl_distill.files import write_text_atomic
 from ssl_distill.objectives import Objective
 from ssl_distill.registry import OBJECTIVES
@@ -31,7 +33,7 @@ from ssl_distill.runtime import resolve_device
 from ssl_distill.schedules import warmup_cosine
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
@@ -146,11 +148,22 @@ class Trainer:
         self.saved_step = self.step
 
     def save_checkpoint(self) -> Path | None:
-        """Collective: every rank calls it; rank 0 writes."""
+        """Collective: every rank calls it; rank 0 writes. A write that fails (a full disk) leaves no
+        partial file and stops the run with RunError naming the intact previous checkpoint."""
         state = self.state()
         path = None
         if self.is_main:
-            path = ckpt.save_atomic(state, ckpt.checkpoint_path(self.checkpoint_dir, self.step))
+            target = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
+            try:
+                path = ckpt.save_atomic(state, target)
+            except OSError as error:
+                previous = ckpt.list_checkpoints(self.checkpoint_dir)
+                intact = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+                what = "no space left" if error.errno in (errno.ENOSPC, errno.EDQUOT) else f"{error.strerror or error}"
+                raise RunError(
+                    f"{what} on {self.checkpoint_dir} while writing checkpoint {self.step}; {intact} "
+                    "(free space and run the same command to resume)"
+                ) from None
             ckpt.prune(self.checkpoint_dir, self.cfg.train.keep_checkpoints)
         barrier()
         self.saved_step = self.step
@@ -163,8 +176,15 @@ class Trainer:
 
     @contextlib.contextmanager
     def stop_on_signals(self, *signums: int) -> Iterator[None]:
-        """While active, the given signals request a checkpointed stop instead of killing the run."""
-        previous = {s: signal.signal(s, lambda *_: self.request_stop()) for s in signums}
+        """While active, the given signals request a checkpointed stop instead of killing the run; a second
+        SIGINT (Ctrl-C twice) interrupts at once."""
+
+        def handler(signum: int, frame: object) -> None:
+            if signum == signal.SIGINT and self.stop_requested_at is not None:
+                raise KeyboardInterrupt
+            self.request_stop()
+
+        previous = {s: signal.signal(s, handler) for s in signums}
         try:
             yield
         finally:
@@ -241,12 +261,17 @@ class Trainer:
             yield from loader
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
-        """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would)."""
+        """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would).
+
+        The run directory is locked for the duration (a second run on it stops with RunError)."""
+        with run_directory(self.run_dir, self.is_main):
+            return self._fit(stop_at)
+
+    def _fit(self, stop_at: int | None) -> TrainResult:
         cfg = self.cfg
         last_step = self.max_steps if stop_at is None else min(stop_at, self.max_steps)
         resumed = self.maybe_resume()
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         logger = MetricsLogger(self.run_dir, self.step, cfg.train.tensorboard, enabled=self.is_main)
         result = TrainResult(self.run_dir, resumed, None, start_step=self.step)

@@ -14,6 +14,7 @@ from lightly.models.modules.masked_vision_transformer_timm import init_weights
 from torch import Tensor, nn
 
 from ssl_distill.backbones.video_vit import sincos_1d, sincos_3d
+from ssl_distill.schema import ranged
 
 DECODER_POSITIONS = ("sincos", "sincos_1d")
 
@@ -22,9 +23,9 @@ DECODER_POSITIONS = ("sincos", "sincos_1d")
 class DecoderConfig:
     """The light decoder of a masked-modelling objective (`objective.decoder`)."""
 
-    dim: int = 128
-    depth: int = 2
-    heads: int = 4
+    dim: int = ranged(128, "[1, inf)")
+    depth: int = ranged(2, "[1, inf)")
+    heads: int = ranged(4, "[1, inf)")
 
 
 def decoder_positions(grid_size: Sequence[int], dim: int, kind: str = "sincos", num_prefix_tokens: int = 1) -> Tensor:

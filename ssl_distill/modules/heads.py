@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 from lightly.models.modules import DINOProjectionHead
 
+from ssl_distill.schema import ranged
+
 
 @dataclass
 class DINOHeadConfig:
     """DINO's head: MLP in -> hidden -> hidden -> bottleneck, L2 norm, weight-normed linear to output_dim."""
 
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    output_dim: int = 65536
+    hidden_dim: int = ranged(2048, "[1, inf)")
+    bottleneck_dim: int = ranged(256, "[1, inf)")
+    output_dim: int = ranged(65536, "[1, inf)")
     batch_norm: bool = False
     norm_last_layer: bool = True
 

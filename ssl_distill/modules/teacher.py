@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ssl_distill.backbones import load_backbone
 from ssl_distill.checkpoints import newest_checkpoint, read_checkpoint
 from ssl_distill.config import from_yaml
-from ssl_distill.errors import BackboneLoadError
+from ssl_distill.errors import BackboneLoadError, ConfigError
 from ssl_distill.registry import OBJECTIVES
 
 
@@ -66,8 +66,11 @@ def _fill_own_entries(module: nn.Module, state_dict: dict, prefix: str, *args: A
 
 
 def load_teacher_backbone(cfg: TeacherConfig) -> nn.Module:
-    """Load a teacher backbone from its source (strict: missing or unexpected keys raise)."""
-    return load_backbone(cfg.source, weights=cfg.weights, **dict(cfg.sizes))
+    """Load a teacher backbone from its source (strict: missing or unexpected keys raise, naming the key)."""
+    try:
+        return load_backbone(cfg.source, weights=cfg.weights, **dict(cfg.sizes))
+    except (BackboneLoadError, ConfigError) as error:
+        raise BackboneLoadError(f"objective.teacher.source: {error}") from None
 
 
 def load_part(source: str | Path, part: str) -> nn.Module:

@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from ssl_distill.backbones import Encoded, build_backbone, mask_from_keep
 from ssl_distill.errors import BackboneLoadError
 from ssl_distill.losses import MaskedReconstructionLoss
-from ssl_distill.modules.centering import TeacherCentering
+from ssl_distill.modules.centering import CENTER_ON, TeacherCentering
 from ssl_distill.modules.decoder import DecoderConfig, PixelDecoder
 from ssl_distill.modules.ema import EMA
 from ssl_distill.modules.heads import DINOHeadConfig, dino_head
 from ssl_distill.modules.masking import tube_mask
 from ssl_distill.modules.tubelets import normalize_tubelets
 from ssl_distill.schedules import linear_warmup
+from ssl_distill.schema import choice, ranged
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Objective(nn.Module):
 class MaskedModelingConfig:
     """The keys every masked-modelling objective shares (`objective.*`)."""
 
-    mask_ratio: float = 0.75
+    mask_ratio: float = ranged(0.75, "[0, 1)")
     norm_pix_loss: bool = True
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
@@ -199,14 +200,14 @@ class SelfDistillationConfig(DINOHeadConfig):
     """The keys every self-distillation objective shares (`objective.*`): DINO heads, temperatures, centring
     and the EMA momentum (cosine from `momentum_start` to `momentum_end`, per step)."""
 
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_fraction: float = 0.3  # of all steps, linear from warmup_teacher_temp
-    center_momentum: float = 0.9
-    center_on: str = "logits"  # logits (DINO) | probabilities
-    momentum_start: float = 0.996
-    momentum_end: float = 1.0
+    student_temp: float = ranged(0.1, "(0, inf)")
+    teacher_temp: float = ranged(0.04, "(0, inf)")
+    warmup_teacher_temp: float = ranged(0.04, "(0, inf)")
+    warmup_teacher_temp_fraction: float = ranged(0.3, "[0, 1]")  # of all steps, linear from warmup_teacher_temp
+    center_momentum: float = ranged(0.9, "[0, 1]")
+    center_on: str = choice("logits", CENTER_ON)  # logits (DINO) | probabilities
+    momentum_start: float = ranged(0.996, "[0, 1]")
+    momentum_end: float = ranged(1.0, "[0, 1]")
 
 
 class SelfDistillationObjective(Objective):

@@ -20,14 +20,15 @@ from ssl_distill.backbones import build_backbone
 from ssl_distill.losses import SelfDistillationLoss
 from ssl_distill.objectives.base import Output, SelfDistillationConfig, SelfDistillationObjective
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schema import ranged
 
 
 @dataclass
 class DINOConfig(SelfDistillationConfig):
     name: str = "dino"
-    hidden_dim: int = 512
-    bottleneck_dim: int = 64
-    output_dim: int = 1024
+    hidden_dim: int = ranged(512, "[1, inf)")
+    bottleneck_dim: int = ranged(64, "[1, inf)")
+    output_dim: int = ranged(1024, "[1, inf)")
 
 
 @OBJECTIVES.register("dino")

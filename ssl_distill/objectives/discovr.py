@@ -32,42 +32,44 @@ from torch import Tensor, nn
 from ssl_distill.backbones import build_backbone
 from ssl_distill.losses import ClusterDistillationLoss, SelfDistillationLoss
 from ssl_distill.losses.cluster_distillation import standardize_tokens
+from ssl_distill.modules.centering import CENTER_ON
 from ssl_distill.modules.decoder import DecoderConfig, PixelDecoder
 from ssl_distill.modules.frame_alignment import frame_targets, official_decoder_order
 from ssl_distill.modules.masking import tube_mask
 from ssl_distill.modules.prototypes import Prototypes
 from ssl_distill.objectives.base import Output, SelfDistillationConfig, SelfDistillationObjective
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schema import choice, ranged
 
 
 @dataclass
 class DISCOVRConfig(SelfDistillationConfig):
     name: str = "discovr"
-    mask_ratio: float = 0.9  # tube masks of the clustering view and of the video DINO student views
-    video_views: int = 4
-    image_mask_ratio: float = 0.9
-    image_views: int = 4
+    mask_ratio: float = ranged(0.9, "[0, 1)")  # tube masks of the clustering view and the video DINO student views
+    video_views: int = ranged(4, "[1, inf)")
+    image_mask_ratio: float = ranged(0.9, "[0, 1)")
+    image_views: int = ranged(4, "[1, inf)")
     image_qkv_bias: bool = False  # official image encoders: the encoder class's defaults
-    image_norm_eps: float = 1e-5
-    hidden_dim: int = 2048  # DINO heads (all four)
-    bottleneck_dim: int = 256
-    output_dim: int = 16384
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_fraction: float = 0.075  # of all steps, linear; official: 30 of 400 epochs
-    center_momentum: float = 0.8  # the model's constructor default, which the released runs used
-    center_on: str = "probabilities"  # official: teacher probabilities (DINO: logits)
-    momentum_start: float = 0.99  # EMA momentum, constant 0.99 in the released runs
-    momentum_end: float = 0.99
-    num_prototypes: int = 3000
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iterations: int = 10
-    cluster_temp: float = 0.1
+    image_norm_eps: float = ranged(1e-5, "(0, inf)")
+    hidden_dim: int = ranged(2048, "[1, inf)")  # DINO heads (all four)
+    bottleneck_dim: int = ranged(256, "[1, inf)")
+    output_dim: int = ranged(16384, "[1, inf)")
+    teacher_temp: float = ranged(0.07, "(0, inf)")
+    warmup_teacher_temp: float = ranged(0.04, "(0, inf)")
+    warmup_teacher_temp_fraction: float = ranged(0.075, "[0, 1]")  # of all steps, linear; official: 30 of 400 epochs
+    center_momentum: float = ranged(0.8, "[0, 1]")  # the model's constructor default, which the released runs used
+    center_on: str = choice("probabilities", CENTER_ON)  # official: teacher probabilities (DINO: logits)
+    momentum_start: float = ranged(0.99, "[0, 1]")  # EMA momentum, constant 0.99 in the released runs
+    momentum_end: float = ranged(0.99, "[0, 1]")
+    num_prototypes: int = ranged(3000, "[1, inf)")
+    sinkhorn_epsilon: float = ranged(0.05, "(0, inf)")
+    sinkhorn_iterations: int = ranged(10, "[1, inf)")
+    cluster_temp: float = ranged(0.1, "(0, inf)")
     official_misalignment: bool = False  # True: the released code's token pairing (docs/methods/discovr.md)
     decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(dim=384, depth=4, heads=6))
-    video_dino_weight: float = 1.0
-    image_dino_weight: float = 1.0  # official scales by 256 / frames per chunk (0.25 at 16 clips x 64 frames)
-    cluster_weight: float = 1.0
+    video_dino_weight: float = ranged(1.0, "[0, inf)")
+    image_dino_weight: float = ranged(1.0, "[0, inf)")  # official: x 256 / frames per chunk (0.25 at 16 clips x 64 frames)
+    cluster_weight: float = ranged(1.0, "[0, inf)")
 
 
 def encode_views(encoder: nn.Module, inputs: Tensor, masks: list[Tensor]) -> Tensor:

@@ -20,6 +20,7 @@ from ssl_distill.losses import NormalizedL1Loss
 from ssl_distill.modules.teacher import FrozenTeacher, TeacherConfig, load_teacher_backbone
 from ssl_distill.objectives.base import MaskedModelingConfig, MaskedModelingObjective, Output
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schema import ranged
 
 
 @dataclass
@@ -29,8 +30,8 @@ class DMAEConfig(MaskedModelingConfig):
     norm_pix_loss: bool = False
     student_blocks: list[int] | None = None  # 0-based; None = the block at 3/4 depth (8 of 12)
     teacher_blocks: list[int] | None = None  # 0-based; None = the block at 3/4 depth (17 of 24)
-    reconstruction_weight: float = 1.0
-    distillation_weight: float = 1.0
+    reconstruction_weight: float = ranged(1.0, "[0, inf)")
+    distillation_weight: float = ranged(1.0, "[0, inf)")
 
 
 def three_quarter_block(depth: int) -> int:

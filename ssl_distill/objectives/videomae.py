@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from ssl_distill.modules.decoder import DecoderConfig
 from ssl_distill.objectives.base import MaskedModelingConfig, MaskedModelingObjective
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schema import ranged
 
 
 @dataclass
 class VideoMAEConfig(MaskedModelingConfig):
     name: str = "videomae"
-    mask_ratio: float = 0.9
+    mask_ratio: float = ranged(0.9, "[0, 1)")
     decoder: DecoderConfig = field(default_factory=lambda: DecoderConfig(dim=384, depth=4, heads=6))
 
 

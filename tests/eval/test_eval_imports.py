@@ -17,6 +17,7 @@ ALLOWED = (
     "ssl_distill.errors",
     "ssl_distill.files",
     "ssl_distill.runtime",
+    "ssl_distill.schema",
     "ssl_distill.launch.executors",
 )
 FORBIDDEN = ("ssl_distill.objectives", "ssl_distill.engine")
