@@ -8,6 +8,7 @@ prints a short table. Settings: see eval/config.py (e.g. `knn.ks=[10,20] model.i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from eval.api import DEFAULT_DATA, default_out_dir, run_protocol
 from eval.config import load_eval_config
 from eval.report import build_report
 from eval.results import format_table
+from ssl_distill.errors import USER_ERRORS, error_line
 from ssl_distill.launch.executors import make_executor
 
 HELP = {
@@ -100,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.slurm or args.local:
             return _submit(args)
         result, path = run_protocol(args.command, args.backbone, args.data, args.overrides, args.out)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"ssl-eval: error: {message}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if os.environ.get("SSL_DISTILL_DEBUG"):
+            raise
+        print(f"ssl-eval: error: {error_line(error)}", file=sys.stderr)
         return 2
     print(format_table(result.rows))
     print(f"wrote {path}")

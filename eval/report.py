@@ -215,11 +215,11 @@ def build_report(root: str | Path, out: str | Path | None = None, cfg: DictConfi
     cfg = cfg if cfg is not None else OmegaConf.structured(ReportConfig)
     out = Path(out) if out is not None else root / "report"
     figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     results = [(path, record) for path, record in read_results(root) if out not in path.parents]
     csv = find_metrics_csv(root)
     if not results and csv is None:
         raise FileNotFoundError(f"report: no result JSONs or metrics.csv under {root}")
+    figures.mkdir(parents=True, exist_ok=True)
     blocks: list[Block] = [("h1", f"Evaluation report: {root.resolve().name}")]
     if results:
         blocks.append(("h2", "Summary"))

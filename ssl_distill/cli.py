@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ssl_distill.errors import RunError
+from ssl_distill.errors import USER_ERRORS, error_line
 
 STOPPED_FOR_REQUEUE = 3  # exit code after a checkpointed stop on SIGUSR1 / SIGTERM (see slurm/)
 
@@ -100,23 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Wrong values, paths or names in a config or on the command line (ConfigError, BackboneLoadError and
-# DataError are ValueErrors), files that cannot be read or written, and runs that stop for a reason to fix
-# (RunError: a NaN loss, a full disk, a run directory in use): one line, exit 2. SSL_DISTILL_DEBUG=1 shows
-# the traceback instead.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, RunError)
-
-
-def error_line(error: BaseException) -> str:
-    """One line for a user error; an error re-raised from a DataLoader worker carries the worker's
-    traceback in its message: its last line holds the original message."""
-    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    if "Original Traceback" in message:
-        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(message.split())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Errors a user can fix (`USER_ERRORS`) print one line and exit 2; SSL_DISTILL_DEBUG=1 shows the
+    traceback instead."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
