@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -216,6 +217,7 @@ def test_all_videos_unreadable_is_one_line_naming_them(tmp_path, capsys, echo, w
         code, err = train_cli(capsys, *args)
     line = one_error_line(err, "ssl-distill")
     assert code == 2 and "videos in a row could not be read" in line and str(root / "Videos") in line
+    assert multiprocessing.active_children() == []  # the workers (which ignore SIGTERM) were shut down
 
 
 class _no_check:

@@ -251,14 +251,23 @@ class Trainer:
         return float(loss.detach()), {"loss": float(loss.detach()), "lr": lr, **logs}
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run."""
+        """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run.
+
+        Closing the generator (or an error in the loader) shuts the DataLoader workers down at once: they
+        ignore the stop signals, so they must not be left for interpreter exit to terminate."""
         generator = torch.Generator()  # the loader draws its worker seed here, not from the global RNG
         while True:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start)
             loader = build_loader(self.dataset, self.sampler, self.cfg.data.num_workers, self.device.type == "cuda")
             loader.generator = generator
-            yield from loader
+            iterator = iter(loader)
+            try:
+                yield from iterator
+            finally:
+                shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-worker iterator
+                if shutdown is not None:
+                    shutdown()
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would).
@@ -281,8 +290,8 @@ class Trainer:
         window: dict[str, list[float]] = {}
         images_per_step = cfg.data.batch_size * self.world_size
         tic = time.perf_counter()
+        batches = self._batches()
         try:
-            batches = self._batches()
             while self.step < last_step:
                 loss, logs = self.train_step(next(batches))
                 result.losses.append(loss)
@@ -304,6 +313,7 @@ class Trainer:
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < self.max_steps:
                     self.save_checkpoint()
         finally:
+            batches.close()
             bar.close()
             logger.close()
         result.steps = self.step
