@@ -177,10 +177,10 @@ def test_registered_dataset_generates_its_default_once(monkeypatch, tmp_path, ec
     monkeypatch.setenv("SSL_DISTILL_CACHE", str(tmp_path))
     build = DATASETS.get("echo_video")
     dataset = build(split="all", limit=3, synthetic_videos=4, synthetic_seed=5, **CLIP)
-    root = tmp_path / "synth_echo_adult_4_5"
+    root = tmp_path / "synth_echo_adult_4_5_v2"
     stamp = (root / "FileList.csv").stat().st_mtime_ns
     assert len(dataset) == 3 and dataset[0]["video"].shape == (3, 8, 32, 32)
     assert len(build(split="test", synthetic_videos=4, synthetic_seed=5, **CLIP)) == 2
     assert (root / "FileList.csv").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_echo_adult_4_5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_echo_adult_4_5_v2"]
     assert len(build(root=str(echo), split="val", **CLIP)) == 2

@@ -8,6 +8,10 @@ as they are, unknown -> -1.
 Bad files (missing, corrupt, truncated, too short for one clip) never stop a run: the item is drawn
 from the next video instead, with a warning naming the file; `skipped` counts those events here and
 per item, since with DataLoader workers the dataset's own counters live in the workers.
+
+Readers stay open (an LRU per process, `ReaderCache`): a video is opened and indexed once, and a clip
+is read by decord's seek to the keyframe before it, so its cost depends on the keyframe interval,
+not on where the clip sits in the file.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import os
 import shutil
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +31,11 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from decord import DECORDError, VideoReader
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from ssl_distill.data.bundled import cache_dir
-from ssl_distill.data.echo import write_synthetic_echo
-from ssl_distill.data.loader import seeded_call
+from ssl_distill.data.echo import SYNTHETIC_VERSION, write_synthetic_echo
+from ssl_distill.data.loader import SeededDataset
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl_distill.registry import DATASETS
 
@@ -39,6 +43,40 @@ VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
 # EchoNet-Pediatric keeps fold ids 0-9 in `Split`
 FOLDS = {"train": {str(f) for f in range(8)}, "val": {"8"}, "test": {"9"}}
 READ_ERRORS = (DECORDError, RuntimeError, OSError, ValueError)
+
+
+class ReaderCache:
+    """Up to `capacity` decord VideoReaders kept open in this process, least recently used dropped
+    first (0 keeps none). Readers never cross processes: a forked DataLoader worker starts with
+    an empty cache (an inherited reader would share its file offset with the parent) and pickling
+    (spawn) drops them."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.pid = capacity, os.getpid()
+        self.readers: OrderedDict[str, VideoReader] = OrderedDict()
+
+    def get(self, path: Path) -> VideoReader:
+        if self.pid != os.getpid():
+            self.readers, self.pid = OrderedDict(), os.getpid()
+        key = str(path)
+        reader = self.readers.pop(key, None)
+        if reader is None:
+            reader = VideoReader(key, num_threads=1)
+        if self.capacity > 0:
+            self.readers[key] = reader
+            while len(self.readers) > self.capacity:
+                self.readers.popitem(last=False)
+        return reader
+
+    def discard(self, path: Path) -> None:
+        """Close the reader of `path` (after a failed read), if open."""
+        self.readers.pop(str(path), None)
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["capacity"])
 
 
 @dataclass
@@ -133,7 +171,7 @@ def video_entries(source: str | Path | Sequence[str | Path], split: str = "all")
     return [VideoEntry(Path(p)) for p in source]
 
 
-class VideoClipDataset(Dataset):
+class VideoClipDataset(SeededDataset):
     """Clips of `num_frames` frames, `stride` apart, with one random resized crop (and optional
     horizontal flip) shared by all frames of the item, resized to `img_size` and normalised.
 
@@ -145,6 +183,7 @@ class VideoClipDataset(Dataset):
     `crop_scale=None` turns the crop off (the whole frame is resized). `dataset[(index, seed)]`
     seeds the clip starts and the crop; `dataset[index]` uses seed = index. A bad file is replaced
     by the next video; `max_failures` bad files in a row raise a RuntimeError naming them.
+    `open_readers`: readers kept open per process (`ReaderCache`).
     """
 
     def __init__(
@@ -164,6 +203,7 @@ class VideoClipDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         with_masks: bool = False,
         max_failures: int = 16,
+        open_readers: int = 16,
     ) -> None:
         if clip_sampling not in ("random", "uniform"):
             raise ValueError(f"clip_sampling must be 'random' or 'uniform', got '{clip_sampling}'")
@@ -183,6 +223,7 @@ class VideoClipDataset(Dataset):
         self.crop_ratio = tuple(crop_ratio)
         self.mean, self.std = list(mean), list(std)
         self.max_failures = max_failures
+        self.readers = ReaderCache(open_readers)
         self.skipped = 0
         self.bad_files: set[str] = set()
 
@@ -199,10 +240,6 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, key)
-        return seeded_call(seed, lambda: self._item(index))
-
     def _item(self, index: int) -> dict[str, Any]:
         failed = []
         for attempt in range(min(len(self), self.max_failures)):
@@ -211,6 +248,7 @@ class VideoClipDataset(Dataset):
             try:
                 frames, masks = self._read(entry)
             except READ_ERRORS as error:
+                self.readers.discard(entry.path)
                 self.skipped += 1
                 self.bad_files.add(str(entry.path))
                 failed.append(str(entry.path))
@@ -240,7 +278,7 @@ class VideoClipDataset(Dataset):
         """uint8 frames (K, T, H, W, 3) and masks (K, T, H, W) or None."""
         if self.with_masks and entry.masks is None:
             raise FileNotFoundError("no mask file")
-        reader = VideoReader(str(entry.path), num_threads=1)
+        reader = self.readers.get(entry.path)
         total = len(reader)
         if total < self.span:
             raise ValueError(
@@ -284,8 +322,9 @@ class VideoClipDataset(Dataset):
 
 
 def synthetic_echo(preset: str = "adult", n: int = 48, seed: int = 0) -> Path:
-    """The default synthetic echo set (64 px, 50 FPS), generated once into the cache dir."""
-    root = cache_dir() / f"synth_echo_{preset}_{n}_{seed}"
+    """The default synthetic echo set (64 px, 50 FPS), generated once into the cache dir (a folder
+    per generator version, so a changed generator never reuses old files)."""
+    root = cache_dir() / f"synth_echo_{preset}_{n}_{seed}_v{SYNTHETIC_VERSION}"
     if (root / "FileList.csv").is_file():
         return root
     tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
@@ -309,6 +348,6 @@ def echo_video(
     **options: Any,
 ) -> VideoClipDataset:
     """Echo (or any) video clips from `root` (see `video_entries`); without a root, the synthetic
-    set `synth_echo_<preset>_<synthetic_videos>_<synthetic_seed>` from the cache dir."""
+    set `synth_echo_<preset>_<synthetic_videos>_<synthetic_seed>_v<version>` from the cache dir."""
     source = root if root is not None else synthetic_echo(preset, synthetic_videos, synthetic_seed)
     return VideoClipDataset(source, split=split, limit=limit, **options)
