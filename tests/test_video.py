@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -12,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from decord import VideoReader
 from torch.utils.data import DataLoader
 
 from ssl_distill.data.echo import write_synthetic_echo, write_video
 from ssl_distill.data.loader import ResumableSampler
-from ssl_distill.data.video import VideoClipDataset, video_entries
+from ssl_distill.data.video import ReaderCache, VideoClipDataset, video_entries
 from ssl_distill.registry import DATASETS
 
 CLIP = dict(num_frames=8, stride=2, img_size=32)
@@ -147,6 +149,38 @@ def test_dataloader_workers(echo, bad_files):
     assert videos.shape == (10, 3, 8, 32, 32)
     assert skipped == 3  # garbage once and truncated twice (8 -> 9, 9 -> 0)
     assert torch.equal(videos, again)
+
+
+def test_kept_readers_seek_to_the_frames_a_fresh_reader_gives(echo):
+    """Clips in random order (backwards too) through one open reader per video == fresh readers."""
+    videos = sorted((echo / "Videos").glob("*.mp4"))[:2]
+    cache = ReaderCache(capacity=2)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        path = videos[rng.integers(len(videos))]
+        start = int(rng.integers(0, 32 - 15))
+        indices = list(range(start, start + 15, 2))
+        kept = cache.get(path).get_batch(indices).asnumpy()
+        assert np.array_equal(kept, VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy())
+    assert len(cache.readers) == 2
+
+
+def test_reader_cache_is_an_lru_per_process(echo):
+    videos = sorted((echo / "Videos").glob("*.mp4"))[:3]
+    cache = ReaderCache(capacity=2)
+    first = cache.get(videos[0])
+    cache.get(videos[1])
+    assert cache.get(videos[0]) is first
+    third = cache.get(videos[2])  # drops the least recently used: videos[1]
+    assert list(cache.readers) == [str(videos[0]), str(videos[2])]
+    cache.discard(videos[0])
+    assert list(cache.readers) == [str(videos[2])]
+    assert not pickle.loads(pickle.dumps(cache)).readers  # spawned workers open their own
+    cache.pid = -1  # as in a forked worker: the parent's readers are not used
+    assert cache.get(videos[2]) is not third and list(cache.readers) == [str(videos[2])]
+    none = ReaderCache(capacity=0)
+    none.get(videos[0])
+    assert not none.readers
 
 
 def test_csv_and_list_sources(echo, tmp_path):
