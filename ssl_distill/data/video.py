@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,18 +47,17 @@ READ_ERRORS = (DECORDError, RuntimeError, OSError, ValueError)
 
 
 class ReaderCache:
-    """Up to `capacity` decord VideoReaders kept open in this process, least recently used dropped
-    first (0 keeps none). Readers never cross processes: a forked DataLoader worker starts with
-    an empty cache (an inherited reader would share its file offset with the parent) and pickling
-    (spawn) drops them."""
+    """Up to `capacity` decord VideoReaders kept open, least recently used dropped first (0 keeps
+    none). Readers never cross processes: every cache is emptied before the process forks (a forked
+    DataLoader worker would inherit readers without their decoder threads, and destroying one there
+    deadlocks), and pickling (spawn) drops them."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity, self.pid = capacity, os.getpid()
+        self.capacity = capacity
         self.readers: OrderedDict[str, VideoReader] = OrderedDict()
+        _CACHES.add(self)
 
     def get(self, path: Path) -> VideoReader:
-        if self.pid != os.getpid():
-            self.readers, self.pid = OrderedDict(), os.getpid()
         key = str(path)
         reader = self.readers.pop(key, None)
         if reader is None:
@@ -77,6 +77,17 @@ class ReaderCache:
 
     def __setstate__(self, state: dict[str, int]) -> None:
         self.__init__(state["capacity"])
+
+
+_CACHES: weakref.WeakSet[ReaderCache] = weakref.WeakSet()
+
+
+def _close_readers() -> None:
+    for cache in list(_CACHES):
+        cache.readers.clear()
+
+
+os.register_at_fork(before=_close_readers)
 
 
 @dataclass
