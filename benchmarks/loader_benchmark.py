@@ -75,7 +75,7 @@ class Setting:
 
 
 DEFAULT = Setting(reps=3, batches=60, items=48, steps=30)
-QUICK = Setting(reps=1, batches=4, items=4, steps=3)
+QUICK = Setting(reps=1, batches=4, items=4, steps=3, workers=(0, 2))
 
 
 class PyAVClips(VideoClipDataset):
