@@ -12,8 +12,8 @@ interleaved within each repetition, so that load on shared cores hits them alike
                tiny echo sampling and on DISCOVR's sampling scaled down (16 frames at stride 3,
                64 px, its crop);
   position     ms to read one clip (decode only) starting at frame 0 vs ending at the last frame;
-  seeding      per-item cost of a seeded item, fetched as DataLoader does (a batch at a time) and
-               one at a time, over the bare item (the same work without seeding);
+  seeding      per-item cost of a seeded item, fetched as DataLoader does (a batch of the config's
+               size at a time) and one at a time, over the bare item (the same work unseeded);
   adamw        optimizer step of the tiny video objectives: for-loop, foreach and fused, and the
                largest parameter difference after one step from the for-loop update;
   consumption  clips/s a training step consumes (batch size / step time on a fixed batch) for the
@@ -199,9 +199,12 @@ def position(s: Setting, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def fetch_batch(dataset: Any, keys: list[tuple[int, int]]) -> list[Any]:
-    """What DataLoader's fetcher does for one batch."""
-    return dataset.__getitems__(keys) if hasattr(dataset, "__getitems__") else [dataset[key] for key in keys]
+def fetch_batches(dataset: Any, keys: list[tuple[int, int]], batch_size: int) -> list[Any]:
+    """What DataLoader's fetcher does, batch by batch."""
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+    if hasattr(dataset, "__getitems__"):
+        return [item for batch in batches for item in dataset.__getitems__(batch)]
+    return [dataset[key] for key in keys]
 
 
 def bare_items(dataset: Any, keys: list[tuple[int, int]]) -> list[Any]:
@@ -211,19 +214,20 @@ def bare_items(dataset: Any, keys: list[tuple[int, int]]) -> list[Any]:
     return [dataset._item(index) for index, _ in keys]
 
 
-def seeding_row(case: str, dataset: Any, s: Setting) -> dict[str, Any]:
-    """µs per item: bare, seeded one at a time, seeded a batch at a time; ratios over bare."""
-    keys = [(i % len(dataset), 1000 + i) for i in range(s.items)]
+def seeding_row(case: str, dataset: Any, batch_size: int, s: Setting) -> dict[str, Any]:
+    """µs per item: bare, seeded one at a time, seeded a batch (of the config's size) at a time."""
+    keys = [(i % len(dataset), 1000 + i) for i in range(max(s.items, batch_size))]
     variants = {
         "bare": lambda: bare_items(dataset, keys),
         "one at a time": lambda: [dataset[key] for key in keys],
-        "batched": lambda: fetch_batch(dataset, keys),
+        "batched": lambda: fetch_batches(dataset, keys, batch_size),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(max(3, s.reps)):
         for name, fn in variants.items():
             times[name].append(median_ms(fn, 1) * 1e3 / len(keys))
-    row: dict[str, Any] = {"item": case} | {f"{name} us": statistics.median(v) for name, v in times.items()}
+    row: dict[str, Any] = {"item": case, "batch": batch_size}
+    row |= {f"{name} us": statistics.median(v) for name, v in times.items()}
     row["one at a time / bare"] = row["one at a time us"] / row["bare us"]
     row["batched / bare"] = row["batched us"] / row["bare us"]
     return row
@@ -237,7 +241,7 @@ def seeding(s: Setting, out: Path) -> list[dict[str, Any]]:
     }
     rows = []
     for case, cfg in cases.items():
-        rows.append(seeding_row(case, build_dataset(cfg), s))
+        rows.append(seeding_row(case, build_dataset(cfg), cfg.data.batch_size, s))
         print(f"   seeding {case}: {rows[-1]}", flush=True)
     return rows
 

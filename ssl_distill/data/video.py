@@ -194,7 +194,7 @@ class VideoClipDataset(SeededDataset):
     `crop_scale=None` turns the crop off (the whole frame is resized). `dataset[(index, seed)]`
     seeds the clip starts and the crop; `dataset[index]` uses seed = index. A bad file is replaced
     by the next video; `max_failures` bad files in a row raise a RuntimeError naming them.
-    `open_readers`: readers kept open per process (`ReaderCache`).
+    `open_readers`: readers kept open per process (`ReaderCache`; fewer for large videos).
     """
 
     def __init__(

@@ -1,10 +1,11 @@
 """One trainer for every objective: AdamW with per-iteration schedules, autocast, clipping, logging,
 atomic checkpoints and exact resume. It knows objectives only through their contract.
 
-A step makes no host sync: the loss and the logged scalars stay on the device and are read every
-`log_every` steps, before every checkpoint and at the end of `fit`, which is where a non-finite loss
-is caught (see `NonFiniteLossError`). One DataLoader serves a whole `fit`, so its workers live as
-long as the run.
+A step makes no host sync of its own (fp16's GradScaler and, under DDP, the stop-signal check
+still make one): the loss and the logged scalars stay on the device and are read every `log_every`
+steps, before every checkpoint and at the end of `fit`, which is where a non-finite loss is caught
+(see `NonFiniteLossError`). One DataLoader serves a whole `fit`, so its workers live as long as the
+run.
 """
 
 from __future__ import annotations
@@ -180,9 +181,9 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.objective.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved groups carry the writer's implementation
-            group.update(fused=self.optimizer.defaults["fused"], foreach=self.optimizer.defaults["foreach"])
+        saved = state["optimizer"]  # its groups carry the writer's implementation flags: keep ours
+        ours = {key: self.optimizer.defaults[key] for key in ("fused", "foreach")}
+        self.optimizer.load_state_dict({**saved, "param_groups": [group | ours for group in saved["param_groups"]]})
         self.scaler.load_state_dict(state["scaler"])
         states = state["rng"]
         ckpt.set_rng_state(states[min(self.rank, len(states) - 1)])
@@ -274,9 +275,12 @@ class Trainer:
     def _read_steps(self) -> None:
         """Read the unread steps' scalars from the device in one host sync into `read`, checking each
         loss; a non-finite one raises NonFiniteLossError (on every rank under DDP)."""
-        tensors = [v.float().reshape(()).to(self.device) for _, logs in self.unread for v in logs.values() if isinstance(v, torch.Tensor)]
-        values = iter(torch.stack(tensors).tolist() if tensors else [])
-        rows = [{k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()} for _, logs in self.unread]
+        tensors = [v for _, logs in self.unread for v in logs.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.float().reshape(()).to(self.device) for t in tensors]).tolist() if tensors else [])
+        rows = [
+            {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()}
+            for _, logs in self.unread
+        ]
         bad = next(((step, row) for (step, _), row in zip(self.unread, rows) if not math.isfinite(row["loss"])), None)
         if any_rank(bad is not None, self.device):
             if bad is None:
