@@ -1,38 +1,48 @@
 """Loader benchmark (issue 14): video clips/s, clip position, per-item seeding, AdamW, and the loader's
-throughput against what a training step consumes.
+throughput against what a training step consumes, each against the pipeline before issue 14.
 
     python benchmarks/loader_benchmark.py [--quick] [--reps N] [--out DIR]
 
-Sections (each timed quantity is a median over `--reps` repetitions, the compared variants
-interleaved within each repetition, so that load on shared cores hits them alike):
-  clips/s      clips delivered per second by the trainer's own batch stream (`Trainer._batches`,
-               the first batch, i.e. worker start-up, excluded; epoch boundaries included), for
-               decord (the dataset) and PyAV (`PyAVClips`: the same clips, containers kept open, a
-               seek to the keyframe before the clip), with 0, 1 and 2 DataLoader workers; on the
+Every comparison is measured in one run with its variants interleaved within each repetition (the
+tables hold medians over `--reps` repetitions), so that load on shared cores hits them alike:
+  clips/s      the batch stream a training run iterates (first batch, i.e. worker start-up,
+               excluded; epoch boundaries included) with 0, 1 and 2 DataLoader workers, on the
                tiny echo sampling and on DISCOVR's sampling scaled down (16 frames at stride 3,
-               64 px, its crop);
-  position     ms to read one clip (decode only) starting at frame 0 vs ending at the last frame;
-  seeding      per-item cost of a seeded item, fetched as DataLoader does (a batch of the config's
-               size at a time) and one at a time, over the bare item (the same work unseeded);
-  adamw        optimizer step of the tiny video objectives: for-loop, foreach and fused, and the
-               largest parameter difference after one step from the for-loop update;
-  consumption  clips/s a training step consumes (batch size / step time on a fixed batch) for the
-               videomae and discovr tiny configs, and the loader's clips/s divided by it.
-Everything runs on one torch thread in the main process (workers are single-threaded by torch).
-Two shared cores: the loader is measured alone, not while a model trains next to it.
+               64 px, its crop), for three pipelines:
+                 before  videos with one keyframe, a decord reader opened per item,
+                         `torch.manual_seed` and RNG states saved and restored per item, a new
+                         loader (new workers) every epoch: the code before issue 14;
+                 decord  a keyframe every 0.5 s, readers kept open, RNG states restored once per
+                         batch, one loader (one set of workers) for the run: this code;
+                 pyav    the same clips read with PyAV (`PyAVClips`), containers kept open;
+  position     ms to read (decode) one clip starting at frame 0 vs ending at the last frame, for
+               one keyframe vs a keyframe every 0.5 s, with a reader opened per read vs kept;
+  seeding      µs per item of seeded items (before: per item; now: one at a time, and a batch of
+               the config's size at a time as DataLoader fetches) over the bare item (the same
+               work unseeded);
+  adamw        optimizer step of the tiny video objectives: for-loop (before), foreach and fused
+               (now, on CPU and CUDA), and the largest parameter difference from the for-loop
+               update after one step;
+  consumption  clips/s a training step consumes on a fixed batch (batch size / step time) for the
+               videomae and discovr tiny configs, with the for-loop AdamW (before) and the
+               trainer's own (now); and the loader's clips/s (tiny sampling) divided by it, before
+               and now. A GPU must never wait: it must stay above 1.
+Everything runs on one torch thread in the main process (workers are single-threaded by torch); the
+loader is measured alone, not next to a training model (two shared cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
+import random
 import shlex
+import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,62 +50,82 @@ from typing import Any
 import av
 import numpy as np
 import torch
+from decord import VideoReader
 
 from eval.results import format_table
 from eval.runtime import cpu_threads
 from ssl_distill.config import load_config
-from ssl_distill.data.video import VideoClipDataset, VideoEntry
+from ssl_distill.data.echo import write_video
+from ssl_distill.data.loader import Key, ResumableSampler, build_loader
+from ssl_distill.data.video import ReaderCache, VideoClipDataset, VideoEntry, synthetic_echo
 from ssl_distill.engine.trainer import Trainer, build_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SAMPLINGS = {  # name -> data.options on top of configs/base/tiny_echo.yaml
-    "tiny echo": {},
+VIDEOS, BATCH = 16, 4  # the tiny echo configs' synthetic set and clips per step
+SAMPLINGS = {  # name -> VideoClipDataset options
+    "tiny echo": {"num_frames": 8, "stride": 2, "img_size": 32},
     "DISCOVR scaled": {
         "num_frames": 16,
         "stride": 3,
         "img_size": 64,
-        "crop_scale": [0.43, 1.0],
-        "crop_ratio": [0.8, 1.25],
+        "crop_scale": (0.43, 1.0),
+        "crop_ratio": (0.8, 1.25),
     },
 }
-SMALL = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2"]  # a cheap model: only data is timed
-CONSUMERS = {  # objective -> config; the model of the tiny config itself
-    "videomae": "videomae/tiny_echo.yaml",
-    "discovr": "discovr/tiny_echo.yaml",
-}
+CONSUMERS = {"videomae": "videomae/tiny_echo.yaml", "discovr": "discovr/tiny_echo.yaml"}
 
 
 @dataclass(frozen=True)
 class Setting:
     reps: int
     batches: int  # batches per clips/s measurement
-    items: int  # items per seeding measurement
+    items: int  # items per seeding measurement (at least one batch)
     steps: int  # train steps per consumption measurement
     workers: tuple[int, ...] = (0, 1, 2)
 
 
-DEFAULT = Setting(reps=3, batches=60, items=48, steps=30)
-QUICK = Setting(reps=1, batches=4, items=4, steps=3, workers=(0, 2))
+DEFAULT = Setting(reps=5, batches=30, items=64, steps=20)
+QUICK = Setting(reps=1, batches=3, items=4, steps=2, workers=(0, 2))
+
+
+def legacy_seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
+    """Per-item seeding before issue 14: `torch.manual_seed` (which reseeds every CUDA generator
+    too) and every RNG state saved and restored around each item."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return fn()
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def legacy_items(dataset: Any, keys: Sequence[Key]) -> list[Any]:
+    """Items of a SeededDataset seeded one by one the old way."""
+    return [legacy_seeded_call(seed, lambda i=index: dataset._item(i)) for index, seed in keys]
+
+
+class LegacyClips(VideoClipDataset):
+    """The dataset as it fetched a batch before issue 14 (with `open_readers=0`: a reader per item)."""
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict[str, Any]]:
+        return legacy_items(self, keys)
 
 
 class PyAVClips(VideoClipDataset):
-    """The dataset's clips read with PyAV instead of decord: containers kept open per process, a
-    seek to the keyframe at or before the clip's first frame, then decoding up to its last frame
-    (only the clip's frames are converted to RGB)."""
+    """The dataset's clips read with PyAV instead of decord: containers kept open like decord's
+    readers (`ReaderCache`), a seek to the keyframe at or before the clip's first frame, then
+    decoding up to its last frame (only the clip's frames are converted to RGB)."""
 
-    def _container(self, path: Path) -> av.container.InputContainer:
-        if getattr(self, "pid", None) != os.getpid():  # forked workers open their own
-            self.containers: dict[str, av.container.InputContainer] = {}
-            self.pid = os.getpid()
-        if str(path) not in self.containers:
-            self.containers[str(path)] = av.open(str(path))
-        return self.containers[str(path)]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("containers", "pid")}
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.readers = ReaderCache(self.readers.capacity, av.open)
 
     def _read(self, entry: VideoEntry) -> tuple[np.ndarray, None]:
-        container = self._container(entry.path)
+        container = self.readers.get(entry.path)
         stream = container.streams.video[0]
         if stream.frames < self.span:
             raise ValueError(f"{stream.frames} frames, fewer than one clip")
@@ -116,22 +146,19 @@ class PyAVClips(VideoClipDataset):
         return np.stack(clips), None
 
 
-def pyav_like(dataset: VideoClipDataset) -> PyAVClips:
-    """The same videos and clip settings, read with PyAV."""
-    d = dataset
-    return PyAVClips(
-        [entry.path for entry in d.entries], num_frames=d.num_frames, stride=d.stride, img_size=d.img_size,
-        crop_scale=d.crop_scale, crop_ratio=d.crop_ratio, hflip=d.hflip, mean=d.mean, std=d.std,
-    )
+def one_keyframe_copy(root: Path, out: Path) -> Path:
+    """The set at `root` re-encoded with a single keyframe per video (as the generator wrote it
+    before issue 14); FileList.csv copied."""
+    (out / "Videos").mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "FileList.csv", out / "FileList.csv")
+    for path in sorted((root / "Videos").glob("*.mp4")):
+        reader = VideoReader(str(path), num_threads=1)
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+        write_video(out / "Videos" / path.name, frames, reader.get_avg_fps(), keyframe_seconds=len(frames))
+    return out
 
 
-def echo_config(config: str, options: dict[str, Any], out: Path, *overrides: str) -> Any:
-    """A tiny echo config with `options` in data.options, run on one thread in `out`."""
-    extra = [f"data.options.{key}={json.dumps(value)}" for key, value in options.items()]
-    return load_config(CONFIGS / config, [*extra, *overrides, f"run.out_dir={out}", "train.threads=1", "train.progress=false", "train.tensorboard=false"])
-
-
-def median_ms(fn: Callable[[], Any], repeat: int) -> float:
+def median_ms(fn: Callable[[], Any], repeat: int = 1) -> float:
     times = []
     for _ in range(repeat):
         tic = time.perf_counter()
@@ -140,96 +167,106 @@ def median_ms(fn: Callable[[], Any], repeat: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def clips_per_s(trainer: Trainer, batches: int) -> float:
-    """Clips/s of the trainer's batch stream after its first batch (epoch boundaries included)."""
-    stream = trainer._batches()
+def batch_stream(dataset: VideoClipDataset, workers: int, per_epoch: bool) -> Iterator[dict[str, Any]]:
+    """The batches a run iterates: one loader over the endless sampler, or (before) a new loader,
+    with new workers, every epoch."""
+    if not per_epoch:
+        yield from build_loader(dataset, ResumableSampler(len(dataset), BATCH, endless=True), workers)
+        return
+    sampler = ResumableSampler(len(dataset), BATCH)
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from build_loader(dataset, sampler, workers)
+
+
+def clips_per_s(dataset: VideoClipDataset, workers: int, per_epoch: bool, batches: int) -> float:
+    """Clips/s of the stream after its first batch."""
+    stream = batch_stream(dataset, workers, per_epoch)
     next(stream)
     tic = time.perf_counter()
     for _ in range(batches):
         next(stream)
     seconds = time.perf_counter() - tic
     stream.close()  # shuts the workers down
-    return batches * trainer.cfg.data.batch_size / seconds
+    return batches * BATCH / seconds
 
 
-def loading(s: Setting, out: Path) -> list[dict[str, Any]]:
-    """clips/s per sampling, backend and worker count (median over reps, backends interleaved)."""
+def loading(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for sampling, options in SAMPLINGS.items():
+        pipelines = {  # name -> (dataset, loader per epoch)
+            "before": (LegacyClips(data["one keyframe"], split="train", open_readers=0, **options), True),
+            "decord": (VideoClipDataset(data["0.5 s"], split="train", **options), False),
+            "pyav": (PyAVClips(data["0.5 s"], split="train", **options), False),
+        }
         for workers in s.workers:
-            cfg = echo_config(CONSUMERS["videomae"], options, out, *SMALL, f"data.num_workers={workers}")
-            trainer = Trainer(cfg)
-            datasets = {"decord": trainer.dataset, "pyav": pyav_like(trainer.dataset)}
-            runs: dict[str, list[float]] = {name: [] for name in datasets}
+            runs: dict[str, list[float]] = {name: [] for name in pipelines}
             for _ in range(s.reps):
-                for name, dataset in datasets.items():
-                    trainer.dataset = dataset
-                    runs[name].append(clips_per_s(trainer, s.batches))
-            row = {"sampling": sampling, "workers": workers}
+                for name, (dataset, per_epoch) in pipelines.items():
+                    runs[name].append(clips_per_s(dataset, workers, per_epoch, s.batches))
+            row: dict[str, Any] = {"sampling": sampling, "workers": workers}
             row |= {f"{name} clips/s": statistics.median(values) for name, values in runs.items()}
+            row["decord / before"] = row["decord clips/s"] / row["before clips/s"]
             row["decord / pyav"] = row["decord clips/s"] / row["pyav clips/s"]
             rows.append(row)
-            print(f"   clips/s {sampling}, {workers} workers: {row}", flush=True)
+            print(f"   {row}", flush=True)
     return rows
 
 
 def read_ms(dataset: VideoClipDataset, entry: VideoEntry, start: int) -> float:
-    """ms to read (decode) the clip of `entry` that starts at frame `start` (negative: from the end)."""
+    """ms to read (decode) the clip of `entry` that starts at frame `start` (-1: ends at the last frame)."""
     dataset._starts = lambda total: torch.tensor([start % (total - dataset.span + 1)])
-    return median_ms(lambda: dataset._read(entry), 1)
+    return median_ms(lambda: dataset._read(entry))
 
 
-def position(s: Setting, out: Path) -> list[dict[str, Any]]:
-    """ms per clip read starting at frame 0 vs ending at the last frame of each train video."""
+def position(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for sampling, options in SAMPLINGS.items():
-        decord = build_dataset(echo_config(CONSUMERS["videomae"], options, out, *SMALL))
-        row: dict[str, Any] = {"sampling": sampling}
-        for name, dataset in {"decord": decord, "pyav": pyav_like(decord)}.items():
-            times: dict[str, list[float]] = {"start": [], "late": []}
+        for keyframes, root in data.items():
+            readers = {
+                "reopened": VideoClipDataset(root, split="train", open_readers=0, **options),
+                "kept": VideoClipDataset(root, split="train", **options),
+                "pyav": PyAVClips(root, split="train", **options),
+            }
+            times: dict[str, list[float]] = {f"{name} {where}": [] for name in readers for where in ("start", "late")}
             for _ in range(max(3, s.reps)):
-                for entry in dataset.entries:  # start and late interleaved
-                    times["start"].append(read_ms(dataset, entry, 0))
-                    times["late"].append(read_ms(dataset, entry, -1))
-            row[f"{name} start ms"] = statistics.median(times["start"])
-            row[f"{name} late ms"] = statistics.median(times["late"])
-            row[f"{name} late / start"] = row[f"{name} late ms"] / row[f"{name} start ms"]
-        rows.append(row)
-        print(f"   position {sampling}: {row}", flush=True)
+                for entry in readers["kept"].entries:
+                    for name, dataset in readers.items():
+                        times[f"{name} start"].append(read_ms(dataset, entry, 0))
+                        times[f"{name} late"].append(read_ms(dataset, entry, -1))
+            row: dict[str, Any] = {"sampling": sampling, "keyframes": keyframes}
+            row |= {f"{name} ms": statistics.median(values) for name, values in times.items()}
+            for name in readers:
+                row[f"{name} late / start"] = row[f"{name} late ms"] / row[f"{name} start ms"]
+            rows.append(row)
+            print(f"   {row}", flush=True)
     return rows
 
 
-def fetch_batches(dataset: Any, keys: list[tuple[int, int]], batch_size: int) -> list[Any]:
-    """What DataLoader's fetcher does, batch by batch."""
-    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-    if hasattr(dataset, "__getitems__"):
-        return [item for batch in batches for item in dataset.__getitems__(batch)]
-    return [dataset[key] for key in keys]
-
-
-def bare_items(dataset: Any, keys: list[tuple[int, int]]) -> list[Any]:
-    """The items' work without seeding: the view transform of an image source, or a video item."""
+def bare_items(dataset: Any, keys: Sequence[tuple[int, int]]) -> list[Any]:
+    """The items' work unseeded: the view transform of an image source, or a video item."""
     if hasattr(dataset, "transform"):
         return [dataset.transform(dataset.source[index].image) for index, _ in keys]
     return [dataset._item(index) for index, _ in keys]
 
 
 def seeding_row(case: str, dataset: Any, batch_size: int, s: Setting) -> dict[str, Any]:
-    """µs per item: bare, seeded one at a time, seeded a batch (of the config's size) at a time."""
     keys = [(i % len(dataset), 1000 + i) for i in range(max(s.items, batch_size))]
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
     variants = {
         "bare": lambda: bare_items(dataset, keys),
+        "before": lambda: legacy_items(dataset, keys),
         "one at a time": lambda: [dataset[key] for key in keys],
-        "batched": lambda: fetch_batches(dataset, keys, batch_size),
+        "batched": lambda: [item for batch in batches for item in dataset.__getitems__(batch)],
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(max(3, s.reps)):
         for name, fn in variants.items():
-            times[name].append(median_ms(fn, 1) * 1e3 / len(keys))
+            times[name].append(median_ms(fn) * 1e3 / len(keys))
     row: dict[str, Any] = {"item": case, "batch": batch_size}
-    row |= {f"{name} us": statistics.median(v) for name, v in times.items()}
-    row["one at a time / bare"] = row["one at a time us"] / row["bare us"]
-    row["batched / bare"] = row["batched us"] / row["bare us"]
+    row |= {f"{name} us": statistics.median(values) for name, values in times.items()}
+    for name in ("before", "one at a time", "batched"):
+        row[f"{name} / bare"] = row[f"{name} us"] / row["bare us"]
     return row
 
 
@@ -237,23 +274,27 @@ def seeding(s: Setting, out: Path) -> list[dict[str, Any]]:
     cases = {
         "mnist mae": load_config(CONFIGS / "mae/tiny_mnist.yaml", [f"run.out_dir={out}"]),
         "mnist multicrop": load_config(CONFIGS / "dino/tiny_mnist.yaml", [f"run.out_dir={out}"]),
-        "echo clip (tiny)": echo_config(CONSUMERS["videomae"], {}, out),
+        "echo clip (tiny)": load_config(CONFIGS / CONSUMERS["videomae"], [f"run.out_dir={out}"]),
     }
     rows = []
     for case, cfg in cases.items():
         rows.append(seeding_row(case, build_dataset(cfg), cfg.data.batch_size, s))
-        print(f"   seeding {case}: {rows[-1]}", flush=True)
+        print(f"   {rows[-1]}", flush=True)
     return rows
 
 
+def trainer(objective: str, out: Path, *overrides: str) -> Trainer:
+    cfg = load_config(CONFIGS / CONSUMERS[objective], [f"run.out_dir={out}", "train.progress=false", *overrides])
+    return Trainer(cfg)
+
+
 def adamw(s: Setting, out: Path) -> list[dict[str, Any]]:
-    """ms per AdamW step (for-loop, foreach, fused) on the tiny video objectives' parameters."""
     implementations = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
     rows = []
-    for objective, config in CONSUMERS.items():
+    for objective in CONSUMERS:
         optimizers, params = {}, {}
         for name, flags in implementations.items():
-            model = Trainer(echo_config(config, {}, out)).objective  # the same init every time
+            model = trainer(objective, out).objective  # the same init every time
             torch.manual_seed(0)
             for p in model.parameters():
                 p.grad = torch.randn_like(p) if p.requires_grad else None
@@ -263,75 +304,76 @@ def adamw(s: Setting, out: Path) -> list[dict[str, Any]]:
         times: dict[str, list[float]] = {name: [] for name in implementations}
         for _ in range(max(20, 10 * s.reps)):
             for name, optimizer in optimizers.items():
-                times[name].append(median_ms(optimizer.step, 1))
-        row: dict[str, Any] = {"objective": objective, "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-        for name in implementations:
-            row[f"{name} ms"] = statistics.median(times[name])
+                times[name].append(median_ms(optimizer.step))
+        row: dict[str, Any] = {"objective": objective, "parameters": sum(p.numel() for p in params["fused"])}
+        row |= {f"{name} ms": statistics.median(times[name]) for name in implementations}
         for name in ("foreach", "fused"):
             row[f"for-loop / {name}"] = row["for-loop ms"] / row[f"{name} ms"]
             row[f"{name} max |diff|"] = max(float((a - b).abs().max()) for a, b in zip(params[name], params["for-loop"]))
         rows.append(row)
-        print(f"   adamw {objective}: {row}", flush=True)
+        print(f"   {row}", flush=True)
     return rows
-
-
-def step_ms(trainer: Trainer, steps: int) -> float:
-    """Median ms of a train step on one fixed batch, after 3 warm-up steps."""
-    stream = trainer._batches()
-    batch = next(stream)
-    stream.close()
-    for _ in range(3):
-        trainer.train_step(batch)
-    return median_ms(lambda: trainer.train_step(batch), steps)
 
 
 def consumption(s: Setting, out: Path, loader_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Clips/s a train step consumes (tiny configs), and decord loader clips/s over it per worker count."""
-    loader = {row["workers"]: row["decord clips/s"] for row in loader_rows if row["sampling"] == "tiny echo"}
+    tiny = [row for row in loader_rows if row["sampling"] == "tiny echo"]
     rows = []
-    for objective, config in CONSUMERS.items():
-        trainer = Trainer(echo_config(config, {}, out))
-        step = step_ms(trainer, s.steps)
-        consumed = trainer.cfg.data.batch_size / step * 1e3
-        row: dict[str, Any] = {"objective": objective, "step ms": step, "consumed clips/s": consumed}
-        row |= {f"loader / consumed, {w} workers": clips / consumed for w, clips in loader.items()}
+    for objective in CONSUMERS:
+        runs = {"before": trainer(objective, out), "now": trainer(objective, out)}
+        old = runs["before"]
+        old.optimizer = torch.optim.AdamW(old.objective.param_groups(old.cfg.optim.weight_decay), lr=old.lr, betas=tuple(old.cfg.optim.betas))
+        stream = batch_stream(old.dataset, 0, per_epoch=False)
+        batch = next(stream)
+        stream.close()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for step in range(3 + s.steps):  # 3 warm-up steps
+            for name, run in runs.items():
+                ms = median_ms(lambda r=run, b=batch: r.train_step(b))
+                if step >= 3:
+                    times[name].append(ms)
+        row: dict[str, Any] = {"objective": objective}
+        for name in runs:
+            row[f"{name} step ms"] = statistics.median(times[name])
+            row[f"{name} consumed clips/s"] = BATCH / row[f"{name} step ms"] * 1e3
+        for loader in tiny:
+            for name, pipeline in (("before", "before"), ("now", "decord")):
+                row[f"{name} loader / consumed, {loader['workers']} workers"] = (
+                    loader[f"{pipeline} clips/s"] / row[f"{name} consumed clips/s"]
+                )
         rows.append(row)
-        print(f"   consumption {objective}: {row}", flush=True)
+        print(f"   {row}", flush=True)
     return rows
 
 
-def run(s: Setting, command: str) -> dict[str, Any]:
+def run(s: Setting, out: Path, command: str) -> dict[str, Any]:
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        print("== clips/s", flush=True)
-        loader_rows = loading(s, out)
-        print("== clip position", flush=True)
-        position_rows = position(s, out)
-        print("== per-item seeding", flush=True)
-        seeding_rows = seeding(s, out)
-        print("== AdamW", flush=True)
-        adamw_rows = adamw(s, out)
-        print("== consumption", flush=True)
-        consumption_rows = consumption(s, out, loader_rows)
+    root = synthetic_echo("adult", VIDEOS, 0)
+    shutil.rmtree(out / "work", ignore_errors=True)
+    data = {"one keyframe": one_keyframe_copy(root, out / "work" / "one_keyframe"), "0.5 s": root}
+    sections = {}
+    print("== clips/s", flush=True)
+    sections["clips_per_s"] = loading(s, data)
+    print("== clip position", flush=True)
+    sections["position"] = position(s, data)
+    print("== per-item seeding", flush=True)
+    sections["seeding"] = seeding(s, out / "work")
+    print("== AdamW", flush=True)
+    sections["adamw"] = adamw(s, out / "work")
+    print("== consumption", flush=True)
+    sections["consumption"] = consumption(s, out / "work", sections["clips_per_s"])
+    shutil.rmtree(out / "work", ignore_errors=True)
     return {
         "benchmark": "loader",
         "command": command,
         "setting": asdict(s),
         "torch": torch.__version__,
         "seconds": time.perf_counter() - start,
-        "sections": {
-            "clips_per_s": loader_rows,
-            "position": position_rows,
-            "seeding": seeding_rows,
-            "adamw": adamw_rows,
-            "consumption": consumption_rows,
-        },
+        "sections": sections,
     }
 
 
 def rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ratios and ms to 2 decimals, rates and µs to whole numbers, differences in 2 significant digits."""
+    """Rates and µs to whole numbers, differences to 2 significant digits, the rest to 2 decimals."""
 
     def cell(key: str, value: Any) -> Any:
         if not isinstance(value, float):
@@ -353,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else DEFAULT
     s = replace(s, reps=args.reps or s.reps)
     with cpu_threads(1):
-        record = run(s, shlex.join(["python", "benchmarks/loader_benchmark.py", *argv]))
+        record = run(s, args.out, shlex.join(["python", "benchmarks/loader_benchmark.py", *argv]))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "loader_benchmark.json"
     path.write_text(json.dumps(record, indent=2))

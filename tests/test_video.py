@@ -183,14 +183,15 @@ def test_reader_cache_is_an_lru_per_process(echo):
 
 
 def test_workers_forked_after_reads_in_the_main_process(echo):
-    """Readers opened here are closed before DataLoader forks its workers: a worker that inherited
-    one (its decoder thread left behind) would hang when it let go of it."""
+    """Forked workers leave the readers opened here alone and open their own: using one would share
+    its file offset with this process, and letting go of one (its decoder thread stayed here) hangs."""
     dataset = VideoClipDataset(echo, crop_scale=None, **CLIP)
     here = torch.stack([dataset[index]["video"] for index in range(len(dataset))])
-    assert dataset.readers.readers
+    kept = dict(dataset.readers.readers)
+    assert len(kept) == len(dataset)
     loader = DataLoader(dataset, batch_size=4, num_workers=2, timeout=60)
     assert torch.equal(torch.cat([batch["video"] for batch in loader]), here)
-    assert not dataset.readers.readers
+    assert dataset.readers.readers == kept  # still open here
 
 
 def test_csv_and_list_sources(echo, tmp_path):

@@ -23,7 +23,7 @@ import shutil
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,22 +46,27 @@ FOLDS = {"train": {str(f) for f in range(8)}, "val": {"8"}, "test": {"9"}}
 READ_ERRORS = (DECORDError, RuntimeError, OSError, ValueError)
 
 
-class ReaderCache:
-    """Up to `capacity` decord VideoReaders kept open, least recently used dropped first (0 keeps
-    none). Readers never cross processes: every cache is emptied before the process forks (a forked
-    DataLoader worker would inherit readers without their decoder threads, and destroying one there
-    deadlocks), and pickling (spawn) drops them."""
+def decord_reader(path: str) -> VideoReader:
+    return VideoReader(path, num_threads=1)
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.readers: OrderedDict[str, VideoReader] = OrderedDict()
+
+class ReaderCache:
+    """Up to `capacity` readers (`open_reader(path)`, decord's by default) kept open, least recently
+    used dropped first (0 keeps none). Readers never cross processes: a forked child (a DataLoader
+    worker) starts every cache empty and never touches the readers it inherited, not even to close
+    them (a decord reader's decoder thread stays in the parent: destroying it in the child hangs);
+    pickling (spawn) drops them."""
+
+    def __init__(self, capacity: int, open_reader: Callable[[str], Any] = decord_reader) -> None:
+        self.capacity, self.open_reader = capacity, open_reader
+        self.readers: OrderedDict[str, Any] = OrderedDict()
         _CACHES.add(self)
 
-    def get(self, path: Path) -> VideoReader:
+    def get(self, path: Path) -> Any:
         key = str(path)
         reader = self.readers.pop(key, None)
         if reader is None:
-            reader = VideoReader(key, num_threads=1)
+            reader = self.open_reader(key)
         if self.capacity > 0:
             self.readers[key] = reader
             while len(self.readers) > self.capacity:
@@ -72,22 +77,24 @@ class ReaderCache:
         """Close the reader of `path` (after a failed read), if open."""
         self.readers.pop(str(path), None)
 
-    def __getstate__(self) -> dict[str, int]:
-        return {"capacity": self.capacity}
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "open_reader": self.open_reader}
 
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__init__(state["capacity"])
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
 
 
 _CACHES: weakref.WeakSet[ReaderCache] = weakref.WeakSet()
+_INHERITED: list[OrderedDict[str, Any]] = []  # readers a forked child got from its parent: never touched
 
 
-def _close_readers() -> None:
+def _drop_inherited_readers() -> None:
     for cache in list(_CACHES):
-        cache.readers.clear()
+        _INHERITED.append(cache.readers)
+        cache.readers = OrderedDict()
 
 
-os.register_at_fork(before=_close_readers)
+os.register_at_fork(after_in_child=_drop_inherited_readers)
 
 
 @dataclass
