@@ -305,7 +305,8 @@ def adamw(s: Setting, out: Path) -> list[dict[str, Any]]:
         for _ in range(max(20, 10 * s.reps)):
             for name, optimizer in optimizers.items():
                 times[name].append(median_ms(optimizer.step))
-        row: dict[str, Any] = {"objective": objective, "parameters": sum(p.numel() for p in params["fused"])}
+        trained = sum(p.numel() for group in optimizers["fused"].param_groups for p in group["params"])
+        row: dict[str, Any] = {"objective": objective, "trained parameters": trained}
         row |= {f"{name} ms": statistics.median(times[name]) for name in implementations}
         for name in ("foreach", "fused"):
             row[f"for-loop / {name}"] = row["for-loop ms"] / row[f"{name} ms"]
