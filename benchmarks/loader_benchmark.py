@@ -15,20 +15,23 @@ tables hold medians over `--reps` repetitions), so that load on shared cores hit
                  decord  a keyframe every 0.5 s, readers kept open, RNG states restored once per
                          batch, one loader (one set of workers) for the run: this code;
                  pyav    the same clips read with PyAV (`PyAVClips`), containers kept open;
-  position     ms to read (decode) one clip starting at frame 0 vs ending at the last frame, for
-               one keyframe vs a keyframe every 0.5 s, with a reader opened per read vs kept;
-  seeding      µs per item of seeded items (before: per item; now: one at a time, and a batch of
-               the config's size at a time as DataLoader fetches) over the bare item (the same
+  position     CPU ms to read (decode) one clip starting at frame 0 vs ending at the last frame,
+               for one keyframe vs a keyframe every 0.5 s, with a reader opened per read vs kept;
+  seeding      CPU µs per item of seeded items (before: per item; now: one at a time, and a batch
+               of the config's size at a time as DataLoader fetches) over the bare item (the same
                work unseeded);
-  adamw        optimizer step of the tiny video objectives: for-loop (before), foreach and fused
-               (now, on CPU and CUDA), and the largest parameter difference from the for-loop
-               update after one step;
-  consumption  clips/s a training step consumes on a fixed batch (batch size / step time) for the
-               videomae and discovr tiny configs, with the for-loop AdamW (before) and the
-               trainer's own (now); and the loader's clips/s (tiny sampling) divided by it, before
-               and now. A GPU must never wait: it must stay above 1.
+  adamw        CPU ms of an optimizer step of the tiny video objectives: for-loop (before), foreach
+               and fused (now, on CPU and CUDA), and the largest parameter difference from the
+               for-loop update after one step;
+  consumption  clips/s a training step consumes on a fixed batch (batch size / CPU time of the
+               step: the rate on a core of its own) for the videomae and discovr tiny configs,
+               with the for-loop AdamW (before) and the trainer's own (now); and the loader's
+               clips/s (tiny sampling, wall time) divided by it, before and now. A GPU must never
+               wait: it must stay above 1.
 Everything runs on one torch thread in the main process (workers are single-threaded by torch); the
-loader is measured alone, not next to a training model (two shared cores).
+loader is measured alone, not next to a training model. Clips/s also comes as CPU ms per clip (this
+process, its threads and its reaped workers), which other load on shared cores disturbs less than
+wall time; the JSON records the load average.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import shlex
 import shutil
@@ -158,13 +162,12 @@ def one_keyframe_copy(root: Path, out: Path) -> Path:
     return out
 
 
-def median_ms(fn: Callable[[], Any], repeat: int = 1) -> float:
-    times = []
-    for _ in range(repeat):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return 1e3 * statistics.median(times)
+def cpu_ms(fn: Callable[[], Any]) -> float:
+    """CPU ms of fn in this process (all its threads): its cost on a core of its own, which other
+    load on shared cores disturbs far less than wall time."""
+    tic = time.process_time()
+    fn()
+    return 1e3 * (time.process_time() - tic)
 
 
 def batch_stream(dataset: VideoClipDataset, workers: int, per_epoch: bool) -> Iterator[dict[str, Any]]:
@@ -179,16 +182,24 @@ def batch_stream(dataset: VideoClipDataset, workers: int, per_epoch: bool) -> It
         yield from build_loader(dataset, sampler, workers)
 
 
-def clips_per_s(dataset: VideoClipDataset, workers: int, per_epoch: bool, batches: int) -> float:
-    """Clips/s of the stream after its first batch."""
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its exited, reaped children (workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def clips_per_s(dataset: VideoClipDataset, workers: int, per_epoch: bool, batches: int) -> tuple[float, float]:
+    """Clips/s of the stream after its first batch, and CPU ms per clip of the whole stream (worker
+    start-up included): less sensitive than wall time to other load on the cores."""
+    cpu = cpu_seconds()
     stream = batch_stream(dataset, workers, per_epoch)
     next(stream)
     tic = time.perf_counter()
     for _ in range(batches):
         next(stream)
     seconds = time.perf_counter() - tic
-    stream.close()  # shuts the workers down
-    return batches * BATCH / seconds
+    stream.close()  # shuts the workers down and reaps them
+    return batches * BATCH / seconds, 1e3 * (cpu_seconds() - cpu) / ((batches + 1) * BATCH)
 
 
 def loading(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
@@ -200,23 +211,24 @@ def loading(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
             "pyav": (PyAVClips(data["0.5 s"], split="train", **options), False),
         }
         for workers in s.workers:
-            runs: dict[str, list[float]] = {name: [] for name in pipelines}
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
             for _ in range(s.reps):
                 for name, (dataset, per_epoch) in pipelines.items():
                     runs[name].append(clips_per_s(dataset, workers, per_epoch, s.batches))
             row: dict[str, Any] = {"sampling": sampling, "workers": workers}
-            row |= {f"{name} clips/s": statistics.median(values) for name, values in runs.items()}
+            row |= {f"{name} clips/s": statistics.median(rate for rate, _ in runs[name]) for name in pipelines}
             row["decord / before"] = row["decord clips/s"] / row["before clips/s"]
             row["decord / pyav"] = row["decord clips/s"] / row["pyav clips/s"]
+            row |= {f"{name} cpu ms/clip": statistics.median(cpu for _, cpu in runs[name]) for name in pipelines}
             rows.append(row)
             print(f"   {row}", flush=True)
     return rows
 
 
 def read_ms(dataset: VideoClipDataset, entry: VideoEntry, start: int) -> float:
-    """ms to read (decode) the clip of `entry` that starts at frame `start` (-1: ends at the last frame)."""
+    """CPU ms to read (decode) the clip of `entry` that starts at frame `start` (-1: ends at the last frame)."""
     dataset._starts = lambda total: torch.tensor([start % (total - dataset.span + 1)])
-    return median_ms(lambda: dataset._read(entry))
+    return cpu_ms(lambda: dataset._read(entry))
 
 
 def position(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
@@ -260,9 +272,9 @@ def seeding_row(case: str, dataset: Any, batch_size: int, s: Setting) -> dict[st
         "batched": lambda: [item for batch in batches for item in dataset.__getitems__(batch)],
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(max(3, s.reps)):
+    for _ in range(3 * s.reps):
         for name, fn in variants.items():
-            times[name].append(median_ms(fn) * 1e3 / len(keys))
+            times[name].append(cpu_ms(fn) * 1e3 / len(keys))
     row: dict[str, Any] = {"item": case, "batch": batch_size}
     row |= {f"{name} us": statistics.median(values) for name, values in times.items()}
     for name in ("before", "one at a time", "batched"):
@@ -304,7 +316,7 @@ def adamw(s: Setting, out: Path) -> list[dict[str, Any]]:
         times: dict[str, list[float]] = {name: [] for name in implementations}
         for _ in range(max(20, 10 * s.reps)):
             for name, optimizer in optimizers.items():
-                times[name].append(median_ms(optimizer.step))
+                times[name].append(cpu_ms(optimizer.step))
         trained = sum(p.numel() for group in optimizers["fused"].param_groups for p in group["params"])
         row: dict[str, Any] = {"objective": objective, "trained parameters": trained}
         row |= {f"{name} ms": statistics.median(times[name]) for name in implementations}
@@ -329,7 +341,7 @@ def consumption(s: Setting, out: Path, loader_rows: list[dict[str, Any]]) -> lis
         times: dict[str, list[float]] = {name: [] for name in runs}
         for step in range(3 + s.steps):  # 3 warm-up steps
             for name, run in runs.items():
-                ms = median_ms(lambda r=run, b=batch: r.train_step(b))
+                ms = cpu_ms(lambda r=run, b=batch: r.train_step(b))
                 if step >= 3:
                     times[name].append(ms)
         row: dict[str, Any] = {"objective": objective}
@@ -347,7 +359,7 @@ def consumption(s: Setting, out: Path, loader_rows: list[dict[str, Any]]) -> lis
 
 
 def run(s: Setting, out: Path, command: str) -> dict[str, Any]:
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()
     root = synthetic_echo("adult", VIDEOS, 0)
     shutil.rmtree(out / "work", ignore_errors=True)
     data = {"one keyframe": one_keyframe_copy(root, out / "work" / "one_keyframe"), "0.5 s": root}
@@ -369,6 +381,7 @@ def run(s: Setting, out: Path, command: str) -> dict[str, Any]:
         "setting": asdict(s),
         "torch": torch.__version__,
         "seconds": time.perf_counter() - start,
+        "load_average": {"start": load, "end": os.getloadavg()},  # other work on the cores
         "sections": sections,
     }
 
@@ -402,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(record, indent=2))
     for name, rows in record["sections"].items():
         print(f"\n{name}\n{format_table(rounded(rows))}")
-    print(f"\n{record['seconds']:.0f} s; {path}")
+    loads = " -> ".join(f"{record['load_average'][k][0]:.1f}" for k in ("start", "end"))
+    print(f"\n{record['seconds']:.0f} s, load average {loads}; {path}")
     return 0
 
 
