@@ -1,5 +1,5 @@
-"""Loader benchmark (issue 14): video clips/s, clip position, per-item seeding, AdamW, and the loader's
-throughput against what a training step consumes, each against the pipeline before issue 14.
+"""Loader benchmark (issue 14): video clips/s, readers, clip position, per-item seeding, AdamW, and the
+loader's throughput against what a training step consumes, each against the pipeline before issue 14.
 
     python benchmarks/loader_benchmark.py [--quick] [--reps N] [--out DIR]
 
@@ -12,11 +12,15 @@ tables hold medians over `--reps` repetitions), so that load on shared cores hit
                  before  videos with one keyframe, a decord reader opened per item,
                          `torch.manual_seed` and RNG states saved and restored per item, a new
                          loader (new workers) every epoch: the code before issue 14;
-                 decord  a keyframe every 0.5 s, readers kept open, RNG states restored once per
-                         batch, one loader (one set of workers) for the run: this code;
-                 pyav    the same clips read with PyAV (`PyAVClips`), containers kept open;
+                 decord  a keyframe every 0.5 s, decord readers opened per item (kept ones cost
+                         more, see `readers`, and crash forked workers), RNG states restored once
+                         per batch, one loader (one set of workers) for the run;
+                 now     the same with this code's reader: PyAV `VideoFile`s kept open per worker;
+  readers      in-process clips/s and CPU per clip, decord vs PyAV, readers kept vs opened per
+               item (a kept decord reader's decoder thread decodes ahead after every read);
   position     CPU ms to read (decode) one clip starting at frame 0 vs ending at the last frame,
-               for one keyframe vs a keyframe every 0.5 s, with a reader opened per read vs kept;
+               for one keyframe vs a keyframe every 0.5 s: decord opened per read (before),
+               decord kept, PyAV kept (now);
   seeding      CPU µs per item of seeded items (before: per item; now: one at a time, and a batch
                of the config's size at a time as DataLoader fetches) over the bare item (the same
                work unseeded);
@@ -51,7 +55,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 from decord import VideoReader
@@ -112,42 +115,32 @@ def legacy_items(dataset: Any, keys: Sequence[Key]) -> list[Any]:
     return [legacy_seeded_call(seed, lambda i=index: dataset._item(i)) for index, seed in keys]
 
 
-class LegacyClips(VideoClipDataset):
-    """The dataset as it fetched a batch before issue 14 (with `open_readers=0`: a reader per item)."""
-
-    def __getitems__(self, keys: Sequence[Key]) -> list[dict[str, Any]]:
-        return legacy_items(self, keys)
+def decord_reader(path: str) -> VideoReader:
+    return VideoReader(path, num_threads=1)
 
 
-class PyAVClips(VideoClipDataset):
-    """The dataset's clips read with PyAV instead of decord: containers kept open like decord's
-    readers (`ReaderCache`), a seek to the keyframe at or before the clip's first frame, then
-    decoding up to its last frame (only the clip's frames are converted to RGB)."""
+class DecordClips(VideoClipDataset):
+    """The dataset's clips read with decord's `get_batch` (the reader before issue 14); readers kept
+    in a `ReaderCache` (`open_readers=0`: one opened per item, as before)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.readers = ReaderCache(self.readers.capacity, av.open)
+        self.readers = ReaderCache(self.readers.capacity, decord_reader)
 
     def _read(self, entry: VideoEntry) -> tuple[np.ndarray, None]:
-        container = self.readers.get(entry.path)
-        stream = container.streams.video[0]
-        if stream.frames < self.span:
-            raise ValueError(f"{stream.frames} frames, fewer than one clip")
-        per_frame = 1 / (stream.average_rate * stream.time_base)  # pts units per frame
-        start = stream.start_time or 0
-        clips = []
-        for first in self._starts(stream.frames).tolist():
-            wanted = range(first, first + self.span, self.stride)
-            container.seek(int(start + first * per_frame), stream=stream, backward=True, any_frame=False)
-            frames = {}
-            for frame in container.decode(stream):
-                index = round((frame.pts - start) / per_frame)
-                if index in wanted:
-                    frames[index] = frame.to_ndarray(format="rgb24")
-                if index >= wanted[-1]:
-                    break
-            clips.append(np.stack([frames[i] for i in wanted]))
-        return np.stack(clips), None
+        reader = self.readers.get(entry.path)
+        if len(reader) < self.span:
+            raise ValueError(f"{len(reader)} frames, fewer than one clip")
+        indices = self._starts(len(reader))[:, None] + self.stride * torch.arange(self.num_frames)
+        frames = reader.get_batch(indices.flatten().tolist()).asnumpy()
+        return frames.reshape(*indices.shape, *frames.shape[1:]), None
+
+
+class LegacyClips(DecordClips):
+    """The dataset as it fetched a batch before issue 14 (with `open_readers=0`)."""
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict[str, Any]]:
+        return legacy_items(self, keys)
 
 
 def one_keyframe_copy(root: Path, out: Path) -> Path:
@@ -202,26 +195,43 @@ def clips_per_s(dataset: VideoClipDataset, workers: int, per_epoch: bool, batche
     return batches * BATCH / seconds, 1e3 * (cpu_seconds() - cpu) / ((batches + 1) * BATCH)
 
 
+def rates(pipelines: dict[str, tuple[VideoClipDataset, bool]], workers: int, s: Setting) -> dict[str, Any]:
+    """Clips/s and CPU ms per clip of each pipeline (dataset, loader per epoch), interleaved."""
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
+    for _ in range(s.reps):
+        for name, (dataset, per_epoch) in pipelines.items():
+            runs[name].append(clips_per_s(dataset, workers, per_epoch, s.batches))
+    row = {f"{name} clips/s": statistics.median(rate for rate, _ in runs[name]) for name in pipelines}
+    return row | {f"{name} cpu ms/clip": statistics.median(cpu for _, cpu in runs[name]) for name in pipelines}
+
+
 def loading(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for sampling, options in SAMPLINGS.items():
-        pipelines = {  # name -> (dataset, loader per epoch)
+        pipelines = {
             "before": (LegacyClips(data["one keyframe"], split="train", open_readers=0, **options), True),
-            "decord": (VideoClipDataset(data["0.5 s"], split="train", **options), False),
-            "pyav": (PyAVClips(data["0.5 s"], split="train", **options), False),
+            "decord": (DecordClips(data["0.5 s"], split="train", open_readers=0, **options), False),
+            "now": (VideoClipDataset(data["0.5 s"], split="train", **options), False),
         }
         for workers in s.workers:
-            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
-            for _ in range(s.reps):
-                for name, (dataset, per_epoch) in pipelines.items():
-                    runs[name].append(clips_per_s(dataset, workers, per_epoch, s.batches))
-            row: dict[str, Any] = {"sampling": sampling, "workers": workers}
-            row |= {f"{name} clips/s": statistics.median(rate for rate, _ in runs[name]) for name in pipelines}
-            row["decord / before"] = row["decord clips/s"] / row["before clips/s"]
-            row["decord / pyav"] = row["decord clips/s"] / row["pyav clips/s"]
-            row |= {f"{name} cpu ms/clip": statistics.median(cpu for _, cpu in runs[name]) for name in pipelines}
+            row: dict[str, Any] = {"sampling": sampling, "workers": workers} | rates(pipelines, workers, s)
+            row["now / before"] = row["now clips/s"] / row["before clips/s"]
+            row["now / decord"] = row["now clips/s"] / row["decord clips/s"]
             rows.append(row)
             print(f"   {row}", flush=True)
+    return rows
+
+
+def readers(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
+    rows = []
+    for sampling, options in SAMPLINGS.items():
+        pipelines = {
+            f"{name} {how}": (cls(data["0.5 s"], split="train", open_readers=capacity, **options), False)
+            for name, cls in (("decord", DecordClips), ("pyav", VideoClipDataset))
+            for how, capacity in (("opened", 0), ("kept", 16))
+        }
+        rows.append({"sampling": sampling} | rates(pipelines, 0, s))
+        print(f"   {rows[-1]}", flush=True)
     return rows
 
 
@@ -235,20 +245,20 @@ def position(s: Setting, data: dict[str, Path]) -> list[dict[str, Any]]:
     rows = []
     for sampling, options in SAMPLINGS.items():
         for keyframes, root in data.items():
-            readers = {
-                "reopened": VideoClipDataset(root, split="train", open_readers=0, **options),
-                "kept": VideoClipDataset(root, split="train", **options),
-                "pyav": PyAVClips(root, split="train", **options),
+            datasets = {
+                "decord opened": DecordClips(root, split="train", open_readers=0, **options),
+                "decord kept": DecordClips(root, split="train", **options),
+                "now": VideoClipDataset(root, split="train", **options),
             }
-            times: dict[str, list[float]] = {f"{name} {where}": [] for name in readers for where in ("start", "late")}
+            times: dict[str, list[float]] = {f"{name} {where}": [] for name in datasets for where in ("start", "late")}
             for _ in range(max(3, s.reps)):
-                for entry in readers["kept"].entries:
-                    for name, dataset in readers.items():
+                for entry in datasets["now"].entries:
+                    for name, dataset in datasets.items():
                         times[f"{name} start"].append(read_ms(dataset, entry, 0))
                         times[f"{name} late"].append(read_ms(dataset, entry, -1))
             row: dict[str, Any] = {"sampling": sampling, "keyframes": keyframes}
             row |= {f"{name} ms": statistics.median(values) for name, values in times.items()}
-            for name in readers:
+            for name in datasets:
                 row[f"{name} late / start"] = row[f"{name} late ms"] / row[f"{name} start ms"]
             rows.append(row)
             print(f"   {row}", flush=True)
@@ -349,9 +359,9 @@ def consumption(s: Setting, out: Path, loader_rows: list[dict[str, Any]]) -> lis
             row[f"{name} step ms"] = statistics.median(times[name])
             row[f"{name} consumed clips/s"] = BATCH / row[f"{name} step ms"] * 1e3
         for loader in tiny:
-            for name, pipeline in (("before", "before"), ("now", "decord")):
+            for name in ("before", "now"):
                 row[f"{name} loader / consumed, {loader['workers']} workers"] = (
-                    loader[f"{pipeline} clips/s"] / row[f"{name} consumed clips/s"]
+                    loader[f"{name} clips/s"] / row[f"{name} consumed clips/s"]
                 )
         rows.append(row)
         print(f"   {row}", flush=True)
@@ -366,6 +376,8 @@ def run(s: Setting, out: Path, command: str) -> dict[str, Any]:
     sections = {}
     print("== clips/s", flush=True)
     sections["clips_per_s"] = loading(s, data)
+    print("== readers", flush=True)
+    sections["readers"] = readers(s, data)
     print("== clip position", flush=True)
     sections["position"] = position(s, data)
     print("== per-item seeding", flush=True)

@@ -10,6 +10,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from ssl_distill.data.echo import write_synthetic_echo, write_video
 from ssl_distill.data.loader import ResumableSampler
-from ssl_distill.data.video import ReaderCache, VideoClipDataset, video_entries
+from ssl_distill.data.video import ReaderCache, VideoClipDataset, VideoFile, video_entries
 from ssl_distill.registry import DATASETS
 
 CLIP = dict(num_frames=8, stride=2, img_size=32)
@@ -151,18 +152,46 @@ def test_dataloader_workers(echo, bad_files):
     assert torch.equal(videos, again)
 
 
-def test_kept_readers_seek_to_the_frames_a_fresh_reader_gives(echo):
-    """Clips in random order (backwards too) through one open reader per video == fresh readers."""
+def test_open_videos_read_the_frames_decord_decodes(echo):
+    """Clips in random order (backwards too) through one open VideoFile per video == decord's frames."""
     videos = sorted((echo / "Videos").glob("*.mp4"))[:2]
+    decoded = {path: VideoReader(str(path), num_threads=1).get_batch(list(range(32))).asnumpy() for path in videos}
     cache = ReaderCache(capacity=2)
     rng = np.random.default_rng(0)
     for _ in range(12):
         path = videos[rng.integers(len(videos))]
         start = int(rng.integers(0, 32 - 15))
         indices = list(range(start, start + 15, 2))
-        kept = cache.get(path).get_batch(indices).asnumpy()
-        assert np.array_equal(kept, VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy())
+        assert np.array_equal(cache.get(path).read(indices), decoded[path][indices])
     assert len(cache.readers) == 2
+
+
+def _write(path: Path, codec: str, frames: np.ndarray) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.gop_size = 10
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("codec, suffix", [("mjpeg", "avi"), ("mpeg4", "avi"), ("libx264", "avi"), ("libx264", "mkv")])
+def test_other_codecs_and_containers_read_exactly(codec, suffix, tmp_path):
+    """EchoNet's AVIs (MJPEG), MPEG-4 part 2, H.264 in Matroska (no frame count in the header) and
+    H.264 with B-frames in AVI (packet stamps in decode order: frames counted from the start) give
+    the frames of a sequential decode."""
+    grey = np.random.default_rng(0).integers(0, 200, (32, 32), dtype=np.uint8)
+    frames = np.stack([np.repeat(np.roll(grey, 2 * t, axis=1)[..., None], 3, axis=-1) for t in range(40)])
+    path = tmp_path / f"clip.{suffix}"
+    _write(path, codec, frames)
+    decoded = VideoReader(str(path), num_threads=1).get_batch(list(range(40))).asnumpy()
+    video = VideoFile(str(path))
+    assert len(video) == 40
+    for start in (25, 0, 9, 10, 21):
+        indices = list(range(start, start + 15, 3))
+        assert np.array_equal(video.read(indices), decoded[indices])
 
 
 def test_reader_cache_is_an_lru_per_process(echo):
@@ -183,8 +212,8 @@ def test_reader_cache_is_an_lru_per_process(echo):
 
 
 def test_workers_forked_after_reads_in_the_main_process(echo):
-    """Forked workers leave the readers opened here alone and open their own: using one would share
-    its file offset with this process, and letting go of one (its decoder thread stayed here) hangs."""
+    """Forked workers leave the videos opened here alone and open their own (reading one would move
+    this process's file offset)."""
     dataset = VideoClipDataset(echo, crop_scale=None, **CLIP)
     here = torch.stack([dataset[index]["video"] for index in range(len(dataset))])
     kept = dict(dataset.readers.readers)

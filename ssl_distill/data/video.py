@@ -1,4 +1,4 @@
-"""Video clips read with decord, for video pretraining and evaluation.
+"""Video clips read with PyAV, for video pretraining and evaluation.
 
 A source is an EchoNet-style folder (`FileList.csv` + `Videos/`, optional `Masks/<FileName>.npy`),
 a CSV of video paths (a `path` column, optional `label`/`class_name`, `EF` and `split` columns; paths
@@ -9,9 +9,12 @@ Bad files (missing, corrupt, truncated, too short for one clip) never stop a run
 from the next video instead, with a warning naming the file; `skipped` counts those events here and
 per item, since with DataLoader workers the dataset's own counters live in the workers.
 
-Readers stay open (an LRU per process, `ReaderCache`): a video is opened and indexed once, and a clip
-is read by decord's seek to the keyframe before it, so its cost depends on the keyframe interval,
-not on where the clip sits in the file.
+Files stay open (an LRU per process, `ReaderCache` of `VideoFile`s): a video is opened and indexed
+once, and a clip is read from the keyframe before it, so its cost depends on the keyframe interval,
+not on where the clip sits in the file. Frames are those decord gives (the eval code and
+`echo_frames` read with decord); PyAV decodes in the calling thread, which costs about half the CPU
+of decord's threaded decoder per clip and is safe in forked DataLoader workers
+(benchmarks/README.md, "Loader").
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from decord import DECORDError, VideoReader
+from decord import DECORDError
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from ssl_distill.data.bundled import cache_dir
@@ -43,21 +47,77 @@ from ssl_distill.registry import DATASETS
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
 # EchoNet-Pediatric keeps fold ids 0-9 in `Split`
 FOLDS = {"train": {str(f) for f in range(8)}, "val": {"8"}, "test": {"9"}}
-READ_ERRORS = (DECORDError, RuntimeError, OSError, ValueError)
+READ_ERRORS = (av.error.FFmpegError, DECORDError, RuntimeError, OSError, ValueError)  # PyAV's, decord's
 
 
-def decord_reader(path: str) -> VideoReader:
-    return VideoReader(path, num_threads=1)
+class VideoFile:
+    """An open video read with PyAV, decoding in the calling thread (no FFmpeg threads: DataLoader
+    workers are the parallelism, and a fork never meets a running decoder). Frame i is the i-th
+    presentation timestamp among the stream's packets, indexed once at open without decoding.
+
+    `read(indices)` seeks to the keyframe at or before the first index and decodes forward to the
+    last, converting only the wanted frames to RGB. Where timestamps do not name the frames
+    (duplicates; B-frames whose packets carry decode-ordered stamps, as H.264 in AVI does; a seek
+    that lands past the first index) it decodes from the start of the file, counting frames.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.container = av.open(path)
+        if not self.container.streams.video:
+            raise ValueError("no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "NONE"
+        packets = [p.pts if p.pts is not None else p.dts for p in self.container.demux(self.stream)]
+        stamps = [stamp for stamp in packets if stamp is not None]  # in decode order
+        self.pts = sorted(stamps)
+        self.index = {stamp: i for i, stamp in enumerate(self.pts)}
+        reordered = stamps != self.pts
+        self.timed = len(self.index) == len(self.pts) and (reordered or not self.stream.codec_context.has_b_frames)
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB frames (N, H, W, 3) at ascending frame `indices`."""
+        frames = self._from_keyframe(indices) if self.timed else None
+        if frames is None:
+            frames = self._from_start(indices)
+        return np.stack([frames[i] for i in indices])
+
+    def _from_keyframe(self, indices: Sequence[int]) -> dict[int, np.ndarray] | None:
+        self.container.seek(self.pts[indices[0]], stream=self.stream, backward=True, any_frame=False)
+        frames = {}
+        for frame in self.container.decode(self.stream):
+            i = self.index.get(frame.pts)
+            if i is None or (not frames and i > indices[0]):
+                return None
+            if i in indices:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= indices[-1]:
+                return frames if len(frames) == len(set(indices)) else None
+        return None
+
+    def _from_start(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+        frames = {}
+        with av.open(self.path) as container:
+            container.streams.video[0].thread_type = "NONE"
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in indices:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= indices[-1]:
+                    return frames
+        raise ValueError(f"frame {indices[-1]} of {len(self)} does not decode")
 
 
 class ReaderCache:
-    """Up to `capacity` readers (`open_reader(path)`, decord's by default) kept open, least recently
-    used dropped first (0 keeps none). Readers never cross processes: a forked child (a DataLoader
-    worker) starts every cache empty and never touches the readers it inherited, not even to close
-    them (a decord reader's decoder thread stays in the parent: destroying it in the child hangs);
-    pickling (spawn) drops them."""
+    """Up to `capacity` open videos (`open_reader(path)`, a `VideoFile` by default) kept, least
+    recently used dropped first (0 keeps none). They never cross processes: a forked child (a
+    DataLoader worker) starts every cache empty and leaves the ones it inherited alone (reading one
+    would move the parent's file offset; a decord reader's decoder thread stays in the parent, and
+    destroying that reader in the child hangs); pickling (spawn) drops them."""
 
-    def __init__(self, capacity: int, open_reader: Callable[[str], Any] = decord_reader) -> None:
+    def __init__(self, capacity: int, open_reader: Callable[[str], Any] = VideoFile) -> None:
         self.capacity, self.open_reader = capacity, open_reader
         self.readers: OrderedDict[str, Any] = OrderedDict()
         _CACHES.add(self)
@@ -201,7 +261,7 @@ class VideoClipDataset(SeededDataset):
     `crop_scale=None` turns the crop off (the whole frame is resized). `dataset[(index, seed)]`
     seeds the clip starts and the crop; `dataset[index]` uses seed = index. A bad file is replaced
     by the next video; `max_failures` bad files in a row raise a RuntimeError naming them.
-    `open_readers`: readers kept open per process (`ReaderCache`; fewer for large videos).
+    `open_readers`: videos kept open per process (`ReaderCache`; fewer for large videos).
     """
 
     def __init__(
@@ -296,15 +356,14 @@ class VideoClipDataset(SeededDataset):
         """uint8 frames (K, T, H, W, 3) and masks (K, T, H, W) or None."""
         if self.with_masks and entry.masks is None:
             raise FileNotFoundError("no mask file")
-        reader = self.readers.get(entry.path)
-        total = len(reader)
+        video = self.readers.get(entry.path)
+        total = len(video)
         if total < self.span:
             raise ValueError(
                 f"{total} frames, fewer than one clip ({self.num_frames} frames at stride {self.stride})"
             )
         indices = self._starts(total)[:, None] + self.stride * torch.arange(self.num_frames)
-        frames = reader.get_batch(indices.flatten().tolist()).asnumpy()
-        frames = frames.reshape(*indices.shape, *frames.shape[1:])
+        frames = np.stack([video.read(clip) for clip in indices.tolist()])
         if not self.with_masks:
             return frames, None
         masks = np.load(entry.masks, mmap_mode="r")
