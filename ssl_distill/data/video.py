@@ -72,8 +72,9 @@ class VideoFile:
         stamps = [stamp for stamp in packets if stamp is not None]  # in decode order
         self.pts = sorted(stamps)
         self.index = {stamp: i for i, stamp in enumerate(self.pts)}
-        reordered = stamps != self.pts
-        self.timed = len(self.index) == len(self.pts) and (reordered or not self.stream.codec_context.has_b_frames)
+        reordered = stamps != self.pts  # B-frames with real presentation stamps
+        unique = len(self.index) == len(self.pts)
+        self.timed = unique and (reordered or not self.stream.codec_context.has_b_frames)
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -86,24 +87,26 @@ class VideoFile:
         return np.stack([frames[i] for i in indices])
 
     def _from_keyframe(self, indices: Sequence[int]) -> dict[int, np.ndarray] | None:
+        """The wanted frames decoded from the keyframe before the first, or None where the
+        timestamps do not lead to them."""
         self.container.seek(self.pts[indices[0]], stream=self.stream, backward=True, any_frame=False)
-        frames = {}
+        wanted, frames = set(indices), {}
         for frame in self.container.decode(self.stream):
             i = self.index.get(frame.pts)
             if i is None or (not frames and i > indices[0]):
                 return None
-            if i in indices:
+            if i in wanted:
                 frames[i] = frame.to_ndarray(format="rgb24")
             if i >= indices[-1]:
-                return frames if len(frames) == len(set(indices)) else None
+                return frames if len(frames) == len(wanted) else None
         return None
 
     def _from_start(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
-        frames = {}
+        wanted, frames = set(indices), {}
         with av.open(self.path) as container:
             container.streams.video[0].thread_type = "NONE"
             for i, frame in enumerate(container.decode(video=0)):
-                if i in indices:
+                if i in wanted:
                     frames[i] = frame.to_ndarray(format="rgb24")
                 if i >= indices[-1]:
                     return frames
