@@ -1,4 +1,5 @@
-"""VideoClipDataset: clips, labels, seeded access, masks, bad files, DataLoader workers, registry."""
+"""VideoClipDataset: clips, labels, seeded access, masks, bad files, open videos (exact frames, other
+codecs and containers, LRU, forks), DataLoader workers, registry."""
 
 from __future__ import annotations
 

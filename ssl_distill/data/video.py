@@ -12,8 +12,8 @@ per item, since with DataLoader workers the dataset's own counters live in the w
 Files stay open (an LRU per process, `ReaderCache` of `VideoFile`s): a video is opened and indexed
 once, and a clip is read from the keyframe before it, so its cost depends on the keyframe interval,
 not on where the clip sits in the file. Frames are those decord gives (the eval code and
-`echo_frames` read with decord); PyAV decodes in the calling thread, which costs about half the CPU
-of decord's threaded decoder per clip and is safe in forked DataLoader workers
+`echo_frames` read with decord); PyAV decodes in the calling thread, which costs less CPU per clip
+than decord's threaded decoder (0.55-0.85x) and is safe in forked DataLoader workers
 (benchmarks/README.md, "Loader").
 """
 
