@@ -2,7 +2,7 @@
 
     python benchmarks/echo_benchmark.py [--steps N] [--videos N] [--seed S] [--quick] [--out DIR]
 
-One synthetic echo set (`synth_echo_adult_<videos>_<seed>`, TRAIN/VAL/TEST by the generator's
+One synthetic echo set (`synth_echo_adult_<videos>_<seed>_v2`, TRAIN/VAL/TEST by the generator's
 stratified split) and one budget for every method: the same optimizer steps, the same pixels per
 step (B clips of T frames for the video methods, B x T frames for DINO) and encoders of the same
 size (configs/base/tiny_echo.yaml). The methods train on the train videos only:
@@ -22,7 +22,7 @@ sees a clip frame by frame, its tokens averaged over the frames (eval.features.F
 video ViT sees a frame as a static clip (eval.features.StaticClip).
 
 Everything runs with `--threads` (default 1) CPU threads: on two shared cores a tiny model trains
-tens of times faster on one thread than on two (eval/runtime.py).
+tens of times faster on one thread than on two (ssl_distill/runtime.py).
 """
 
 from __future__ import annotations

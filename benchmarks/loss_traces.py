@@ -3,13 +3,14 @@
 A refactor that must not change the numbers (issue 8) records the traces on the old code and compares
 the new code against them:
 
-    python benchmarks/loss_traces.py --record benchmarks/results/loss_traces_before.json
-    python benchmarks/loss_traces.py --compare benchmarks/results/loss_traces_before.json
+    python benchmarks/loss_traces.py --record benchmarks/results/loss_traces.json
+    python benchmarks/loss_traces.py --compare benchmarks/results/loss_traces.json
 
 Each objective runs `--steps` optimizer steps of its tiny config shrunk to a CPU-sized model (the same
 overrides as the tests), on one thread; the trace holds the total loss and every logged term per step.
-`tests/test_loss_traces.py` compares the first steps of each (except the runs the refactor changed on
-purpose) on every `make test`, with a tolerance that allows for another CPU's kernels.
+`tests/test_loss_traces.py` compares the first steps of each against `loss_traces.json` on every
+`make test`, with a tolerance that allows for another CPU's kernels; a change that moves the numbers on
+purpose re-records it and says why in its commit.
 """
 
 from __future__ import annotations

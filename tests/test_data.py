@@ -1,6 +1,10 @@
-"""Bundled data, file sources and the resumable sampler."""
+"""Bundled data, file sources, the resumable sampler, per-sample seeding and the loader."""
 
 from __future__ import annotations
+
+import itertools
+import os
+import random
 
 import numpy as np
 import pytest
@@ -8,8 +12,9 @@ import torch
 from PIL import Image
 
 from ssl_distill.config import ConfigError
-from ssl_distill.data import ResumableSampler, ViewDataset, build_source, eval_transform
+from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, eval_transform
 from ssl_distill.data.bundled import SHAPE_CLASSES, load_mnist, make_shapes
+from ssl_distill.data.loader import SeededDataset
 
 
 def test_bundled_mnist_is_real_balanced_and_split():
@@ -81,3 +86,59 @@ def test_views_are_reproducible_per_sample_seed():
     dataset[(2, 5)]
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG is untouched
     assert eval_transform(32)(build_source("mnist", split="val")[0].image).shape == (3, 32, 32)
+
+
+def test_an_endless_sampler_runs_on_through_the_following_epochs():
+    sampler = ResumableSampler(40, batch_size=4, seed=1)
+    epochs = []
+    for epoch in (2, 3, 4):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+    endless = ResumableSampler(40, batch_size=4, seed=1, endless=True)
+    endless.set_epoch(2, start_batch=3)
+    assert list(itertools.islice(endless, 28 + 80)) == epochs[0][12:] + epochs[1] + epochs[2]
+    with pytest.raises(TypeError, match="no length"):
+        len(endless)
+
+
+class RandomDraws(SeededDataset):
+    """Items drawn from torch's, numpy's and python's global RNGs, with the worker's pid."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def _item(self, index: int) -> dict:
+        draws = torch.tensor([torch.rand(()).item(), np.random.random(), random.random()], dtype=torch.float64)
+        return {"index": index, "draws": draws, "pid": os.getpid()}
+
+
+def test_a_batch_fetch_seeds_each_item_and_restores_the_callers_rngs_once():
+    dataset = RandomDraws()
+    keys = [(3, 7), (5, 7), (3, 8), 4]
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    batch = dataset.__getitems__(keys)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+    for key, item in zip(keys, batch):
+        assert torch.equal(item["draws"], dataset[key]["draws"])  # the same as one at a time
+    assert torch.equal(batch[0]["draws"], batch[1]["draws"])  # the seed alone decides the draws
+    assert not torch.equal(batch[0]["draws"], batch[2]["draws"])
+    assert torch.equal(batch[3]["draws"], dataset[(4, 4)]["draws"])
+    torch.manual_seed(8)
+    assert batch[2]["draws"][0] == torch.rand(()).item()  # torch's CPU stream, as torch.manual_seed gives it
+
+
+def test_one_loader_keeps_its_workers_across_epochs_and_gives_the_per_epoch_batches():
+    dataset = RandomDraws()
+    sampler = ResumableSampler(len(dataset), batch_size=3, seed=0, endless=True)
+    sampler.set_epoch(0, start_batch=1)
+    batches = list(itertools.islice(build_loader(dataset, sampler, num_workers=2), 3 + 4 + 4))
+    assert len({int(pid) for batch in batches for pid in batch["pid"]}) == 2  # no worker restarted
+    single = ResumableSampler(len(dataset), batch_size=3, seed=0)
+    expected = []
+    for epoch, start in ((0, 1), (1, 0), (2, 0)):
+        single.set_epoch(epoch, start)
+        expected += list(build_loader(dataset, single))  # in this process
+    assert len(batches) == len(expected) == 11
+    for batch, reference in zip(batches, expected):
+        assert torch.equal(batch["index"], reference["index"]) and torch.equal(batch["draws"], reference["draws"])

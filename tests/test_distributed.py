@@ -1,5 +1,5 @@
-"""Scale-out: 2-process gloo DDP equals one process with the same global batch; checkpointed stop on a
-signal and exact continuation; submitit's local executor end to end with a preemption; a crash while
+"""Scale-out: 2-process gloo DDP equals one process with the same global batch; a NaN on one rank stops
+every rank; checkpointed stop on a signal and exact continuation; submitit's local executor end to end with a preemption; a crash while
 writing a checkpoint leaves the previous one loadable."""
 
 from __future__ import annotations
@@ -64,6 +64,43 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert not torch.equal(state["student.encoder.vit.blocks.0.attn.qkv.weight"], single.objective.teacher.state_dict()["encoder.vit.blocks.0.attn.qkv.weight"])
     for key, value in state.items():
         torch.testing.assert_close(ranks[0][key], value, atol=2e-5, rtol=1e-4, msg=key)
+
+
+def _nan_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from ssl_distill.engine import NonFiniteLossError
+    from ssl_distill.engine.distributed import init_distributed
+
+    cfg = tiny_config("mae/tiny_mnist.yaml", Path(out) / "run", "data.batch_size=8", "train.max_steps=6")  # log_every=1
+    trainer = Trainer(cfg, init_distributed())
+    forward = trainer.objective.forward
+
+    def poisoned(batch, step):  # only rank 1's loss is NaN, at step 2
+        output = forward(batch, step)
+        if rank == 1 and step == 2:
+            output.loss = output.loss * float("nan")
+        return output
+
+    trainer.objective.forward = poisoned
+    try:
+        trainer.fit()
+    except NonFiniteLossError as error:
+        (Path(out) / f"rank{rank}.txt").write_text(f"{trainer.step} {error}")
+    torch.distributed.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_read(tmp_path):
+    context = mp.spawn(_nan_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.time() + 120
+    while not context.join(timeout=1):
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank hung after the other one met a NaN loss")
+    stopped = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    assert stopped[1].startswith("3 loss is nan at step 2 ")
+    assert stopped[0].startswith("3 a non-finite loss on another rank by step 2")
 
 
 def _losses(run_dir: Path) -> list[float]:

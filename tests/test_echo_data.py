@@ -64,6 +64,13 @@ def test_videos_decode_to_declared_shape(adult):
         assert grey[masks == 1].mean() < 0.7 * grey[(masks == 0) & (grey > 0)].mean()
 
 
+def test_a_keyframe_every_half_second(adult):
+    """As in clinical exports, so that reading a clip late in a file decodes from a nearby keyframe."""
+    for path in sorted((adult / "Videos").glob("*.mp4")):
+        keys = list(decord.VideoReader(str(path), num_threads=1).get_key_indices())
+        assert keys[0] == 0 and max(np.diff([*keys, FRAMES])) <= 25  # 0.5 s at 50 FPS
+
+
 def test_ef_is_measured_from_the_saved_masks(adult):
     rows, latents = read_set(adult)
     cm_per_px = latents["config"]["cm_per_px"]

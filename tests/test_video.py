@@ -1,22 +1,26 @@
-"""VideoClipDataset: clips, labels, seeded access, masks, bad files, DataLoader workers, registry."""
+"""VideoClipDataset: clips, labels, seeded access, masks, bad files, open videos (exact frames, other
+codecs and containers, LRU, forks), DataLoader workers, registry."""
 
 from __future__ import annotations
 
 import csv
 import math
 import os
+import pickle
 import shutil
 import warnings
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
+from decord import VideoReader
 from torch.utils.data import DataLoader
 
 from ssl_distill.data.echo import write_synthetic_echo, write_video
 from ssl_distill.data.loader import ResumableSampler
-from ssl_distill.data.video import VideoClipDataset, video_entries
+from ssl_distill.data.video import ReaderCache, VideoClipDataset, VideoFile, video_entries
 from ssl_distill.errors import DataError
 from ssl_distill.registry import DATASETS
 
@@ -150,6 +154,77 @@ def test_dataloader_workers(echo, bad_files):
     assert torch.equal(videos, again)
 
 
+def test_open_videos_read_the_frames_decord_decodes(echo):
+    """Clips in random order (backwards too) through one open VideoFile per video == decord's frames."""
+    videos = sorted((echo / "Videos").glob("*.mp4"))[:2]
+    decoded = {path: VideoReader(str(path), num_threads=1).get_batch(list(range(32))).asnumpy() for path in videos}
+    cache = ReaderCache(capacity=2)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        path = videos[rng.integers(len(videos))]
+        start = int(rng.integers(0, 32 - 15))
+        indices = list(range(start, start + 15, 2))
+        assert np.array_equal(cache.get(path).read(indices), decoded[path][indices])
+    assert len(cache.readers) == 2
+
+
+def _write(path: Path, codec: str, frames: np.ndarray) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.codec_context.gop_size = 10
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("codec, suffix", [("mjpeg", "avi"), ("mpeg4", "avi"), ("libx264", "avi"), ("libx264", "mkv")])
+def test_other_codecs_and_containers_read_exactly(codec, suffix, tmp_path):
+    """EchoNet's AVIs (MJPEG), MPEG-4 part 2, H.264 in Matroska (no frame count in the header) and
+    H.264 with B-frames in AVI (packet stamps in decode order: frames counted from the start) give
+    the frames of a sequential decode."""
+    grey = np.random.default_rng(0).integers(0, 200, (32, 32), dtype=np.uint8)
+    frames = np.stack([np.repeat(np.roll(grey, 2 * t, axis=1)[..., None], 3, axis=-1) for t in range(40)])
+    path = tmp_path / f"clip.{suffix}"
+    _write(path, codec, frames)
+    decoded = VideoReader(str(path), num_threads=1).get_batch(list(range(40))).asnumpy()
+    video = VideoFile(str(path))
+    assert len(video) == 40
+    for start in (25, 0, 9, 10, 21):
+        indices = list(range(start, start + 15, 3))
+        assert np.array_equal(video.read(indices), decoded[indices])
+
+
+def test_reader_cache_is_an_lru_per_process(echo):
+    videos = sorted((echo / "Videos").glob("*.mp4"))[:3]
+    cache = ReaderCache(capacity=2)
+    first = cache.get(videos[0])
+    cache.get(videos[1])
+    assert cache.get(videos[0]) is first
+    third = cache.get(videos[2])  # drops the least recently used: videos[1]
+    assert list(cache.readers) == [str(videos[0]), str(videos[2])]
+    cache.discard(videos[0])
+    assert list(cache.readers) == [str(videos[2])]
+    assert not pickle.loads(pickle.dumps(cache)).readers  # spawned workers open their own
+    assert cache.get(videos[2]) is third
+    none = ReaderCache(capacity=0)
+    none.get(videos[0])
+    assert not none.readers
+
+
+def test_workers_forked_after_reads_in_the_main_process(echo):
+    """Forked workers leave the videos opened here alone and open their own (reading one would move
+    this process's file offset)."""
+    dataset = VideoClipDataset(echo, crop_scale=None, **CLIP)
+    here = torch.stack([dataset[index]["video"] for index in range(len(dataset))])
+    kept = dict(dataset.readers.readers)
+    assert len(kept) == len(dataset)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, timeout=60)
+    assert torch.equal(torch.cat([batch["video"] for batch in loader]), here)
+    assert dataset.readers.readers == kept  # still open here
+
+
 def test_csv_and_list_sources(echo, tmp_path):
     videos = sorted((echo / "Videos").glob("*.mp4"))[:4]
     table = tmp_path / "clips.csv"
@@ -178,10 +253,10 @@ def test_registered_dataset_generates_its_default_once(monkeypatch, tmp_path, ec
     monkeypatch.setenv("SSL_DISTILL_CACHE", str(tmp_path))
     build = DATASETS.get("echo_video")
     dataset = build(split="all", limit=3, synthetic_videos=4, synthetic_seed=5, **CLIP)
-    root = tmp_path / "synth_echo_adult_4_5"
+    root = tmp_path / "synth_echo_adult_4_5_v2"
     stamp = (root / "FileList.csv").stat().st_mtime_ns
     assert len(dataset) == 3 and dataset[0]["video"].shape == (3, 8, 32, 32)
     assert len(build(split="test", synthetic_videos=4, synthetic_seed=5, **CLIP)) == 2
     assert (root / "FileList.csv").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_echo_adult_4_5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_echo_adult_4_5_v2"]
     assert len(build(root=str(echo), split="val", **CLIP)) == 2

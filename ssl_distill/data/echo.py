@@ -1,6 +1,6 @@
 """Synthetic echocardiography: seeded beating-heart ultrasound clips in the EchoNet-Dynamic layout.
 
-    out_dir/Videos/<FileName>.mp4   H.264 (yuv420p), grey replicated to RGB
+    out_dir/Videos/<FileName>.mp4   H.264 (yuv420p), grey replicated to RGB, a keyframe every 0.5 s
     out_dir/Masks/<FileName>.npy    uint8 (T, H, W): LV cavity 0/1, or for `camus` a label map
                                     (0 background, 1 LV cavity, 2 LV myocardium, 3 left atrium)
     out_dir/FileList.csv            EchoNet columns + `Label` (Normal/Abnormal) + `Anomaly`
@@ -49,6 +49,8 @@ FILELIST_COLUMNS = (
 EXTRA_COLUMNS = ("Label", "Anomaly")
 # decord 0.6.0 returns frames of these widths with a wrong row stride and cannot decode them.
 DECORD_BAD_WIDTHS = frozenset({12, 16, 24, 48, 72})
+KEYFRAME_SECONDS = 0.5  # clinical exports put a keyframe every 0.5-1 s; reading a clip decodes from one
+SYNTHETIC_VERSION = 2  # of the files written here; bumped whenever they change (names the cache folder)
 
 
 @dataclass(frozen=True)
@@ -347,14 +349,16 @@ def _speckle(
     return (0.8 * moving + 0.2 * fresh / fresh.mean()).astype(np.float32)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Grey (T, H, W) or RGB (T, H, W, 3) uint8 frames -> H.264 yuv420p video (even H and W)."""
+def write_video(path: Path, frames: np.ndarray, fps: float, keyframe_seconds: float = KEYFRAME_SECONDS) -> None:
+    """Grey (T, H, W) or RGB (T, H, W, 3) uint8 frames -> H.264 yuv420p video (even H and W) with a
+    keyframe every `keyframe_seconds` (at least every frame)."""
     if frames.ndim == 3:
         frames = np.repeat(frames[..., None], 3, axis=-1)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(
             "libx264", rate=int(round(fps)), options={"crf": "12", "preset": "veryfast"}
         )
+        stream.codec_context.gop_size = max(1, round(fps * keyframe_seconds))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         for frame in frames:

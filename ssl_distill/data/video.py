@@ -1,4 +1,4 @@
-"""Video clips read with decord, for video pretraining and evaluation.
+"""Video clips read with PyAV, for video pretraining and evaluation.
 
 A source is an EchoNet-style folder (`FileList.csv` + `Videos/`, optional `Masks/<FileName>.npy`),
 a CSV of video paths (a `path` column, optional `label`/`class_name`, `EF` and `split` columns; paths
@@ -8,6 +8,13 @@ as they are, unknown -> -1.
 Bad files (missing, corrupt, truncated, too short for one clip) never stop a run: the item is drawn
 from the next video instead, with a warning naming the file; `skipped` counts those events here and
 per item, since with DataLoader workers the dataset's own counters live in the workers.
+
+Files stay open (an LRU per process, `ReaderCache` of `VideoFile`s): a video is opened and indexed
+once, and a clip is read from the keyframe before it, so its cost depends on the keyframe interval,
+not on where the clip sits in the file. Frames are those decord gives (the eval code and
+`echo_frames` read with decord); PyAV decodes in the calling thread, which costs less CPU per clip
+than decord's threaded decoder (0.55-0.85x) and is safe in forked DataLoader workers
+(benchmarks/README.md, "Loader").
 """
 
 from __future__ import annotations
@@ -16,22 +23,24 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from decord import DECORDError, VideoReader
-from torch.utils.data import Dataset
+from decord import DECORDError
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from ssl_distill.data.bundled import cache_dir
-from ssl_distill.data.echo import write_synthetic_echo
+from ssl_distill.data.echo import SYNTHETIC_VERSION, write_synthetic_echo
 from ssl_distill.data.images import read_csv_rows
-from ssl_distill.data.loader import seeded_call
+from ssl_distill.data.loader import SeededDataset
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl_distill.errors import DataError
 from ssl_distill.registry import DATASETS
@@ -40,7 +49,117 @@ from ssl_distill.schema import choice, ranged
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
 # EchoNet-Pediatric keeps fold ids 0-9 in `Split`
 FOLDS = {"train": {str(f) for f in range(8)}, "val": {"8"}, "test": {"9"}}
-READ_ERRORS = (DECORDError, RuntimeError, OSError, ValueError)
+READ_ERRORS = (av.error.FFmpegError, DECORDError, RuntimeError, OSError, ValueError)  # PyAV's, decord's
+
+
+class VideoFile:
+    """An open video read with PyAV, decoding in the calling thread (no FFmpeg threads: DataLoader
+    workers are the parallelism, and a fork never meets a running decoder). Frame i is the i-th
+    presentation timestamp among the stream's packets, indexed once at open without decoding.
+
+    `read(indices)` seeks to the keyframe at or before the first index and decodes forward to the
+    last, converting only the wanted frames to RGB. Where timestamps do not name the frames
+    (duplicates; B-frames whose packets carry decode-ordered stamps, as H.264 in AVI does; a seek
+    that lands past the first index) it decodes from the start of the file, counting frames.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.container = av.open(path)
+        if not self.container.streams.video:
+            raise ValueError("no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "NONE"
+        packets = [p.pts if p.pts is not None else p.dts for p in self.container.demux(self.stream)]
+        stamps = [stamp for stamp in packets if stamp is not None]  # in decode order
+        self.pts = sorted(stamps)
+        self.index = {stamp: i for i, stamp in enumerate(self.pts)}
+        reordered = stamps != self.pts  # B-frames with real presentation stamps
+        unique = len(self.index) == len(self.pts)
+        self.timed = unique and (reordered or not self.stream.codec_context.has_b_frames)
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB frames (N, H, W, 3) at ascending frame `indices`."""
+        frames = self._from_keyframe(indices) if self.timed else None
+        if frames is None:
+            frames = self._from_start(indices)
+        return np.stack([frames[i] for i in indices])
+
+    def _from_keyframe(self, indices: Sequence[int]) -> dict[int, np.ndarray] | None:
+        """The wanted frames decoded from the keyframe before the first, or None where the
+        timestamps do not lead to them."""
+        self.container.seek(self.pts[indices[0]], stream=self.stream, backward=True, any_frame=False)
+        wanted, frames = set(indices), {}
+        for frame in self.container.decode(self.stream):
+            i = self.index.get(frame.pts)
+            if i is None or (not frames and i > indices[0]):
+                return None
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= indices[-1]:
+                return frames if len(frames) == len(wanted) else None
+        return None
+
+    def _from_start(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
+        wanted, frames = set(indices), {}
+        with av.open(self.path) as container:
+            container.streams.video[0].thread_type = "NONE"
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i >= indices[-1]:
+                    return frames
+        raise ValueError(f"frame {indices[-1]} of {len(self)} does not decode")
+
+
+class ReaderCache:
+    """Up to `capacity` open videos (`open_reader(path)`, a `VideoFile` by default) kept, least
+    recently used dropped first (0 keeps none). They never cross processes: a forked child (a
+    DataLoader worker) starts every cache empty and leaves the ones it inherited alone (reading one
+    would move the parent's file offset; a decord reader's decoder thread stays in the parent, and
+    destroying that reader in the child hangs); pickling (spawn) drops them."""
+
+    def __init__(self, capacity: int, open_reader: Callable[[str], Any] = VideoFile) -> None:
+        self.capacity, self.open_reader = capacity, open_reader
+        self.readers: OrderedDict[str, Any] = OrderedDict()
+        _CACHES.add(self)
+
+    def get(self, path: Path) -> Any:
+        key = str(path)
+        reader = self.readers.pop(key, None)
+        if reader is None:
+            reader = self.open_reader(key)
+        if self.capacity > 0:
+            self.readers[key] = reader
+            while len(self.readers) > self.capacity:
+                self.readers.popitem(last=False)
+        return reader
+
+    def discard(self, path: Path) -> None:
+        """Close the reader of `path` (after a failed read), if open."""
+        self.readers.pop(str(path), None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "open_reader": self.open_reader}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+
+_CACHES: weakref.WeakSet[ReaderCache] = weakref.WeakSet()
+_INHERITED: list[OrderedDict[str, Any]] = []  # readers a forked child got from its parent: never touched
+
+
+def _drop_inherited_readers() -> None:
+    for cache in list(_CACHES):
+        _INHERITED.append(cache.readers)
+        cache.readers = OrderedDict()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_readers)
 
 
 @dataclass
@@ -131,7 +250,7 @@ def video_entries(source: str | Path | Sequence[str | Path], split: str = "all")
     return [VideoEntry(Path(p)) for p in source]
 
 
-class VideoClipDataset(Dataset):
+class VideoClipDataset(SeededDataset):
     """Clips of `num_frames` frames, `stride` apart, with one random resized crop (and optional
     horizontal flip) shared by all frames of the item, resized to `img_size` and normalised.
 
@@ -143,6 +262,7 @@ class VideoClipDataset(Dataset):
     `crop_scale=None` turns the crop off (the whole frame is resized). `dataset[(index, seed)]`
     seeds the clip starts and the crop; `dataset[index]` uses seed = index. A bad file is replaced
     by the next video; `max_failures` bad files in a row raise a DataError naming them.
+    `open_readers`: videos kept open per process (`ReaderCache`; fewer for large videos).
     """
 
     def __init__(
@@ -162,6 +282,7 @@ class VideoClipDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         with_masks: bool = False,
         max_failures: int = 16,
+        open_readers: int = 16,
     ) -> None:
         if clip_sampling not in ("random", "uniform"):
             raise ValueError(f"clip_sampling must be 'random' or 'uniform', got '{clip_sampling}'")
@@ -181,6 +302,7 @@ class VideoClipDataset(Dataset):
         self.crop_ratio = tuple(crop_ratio)
         self.mean, self.std = list(mean), list(std)
         self.max_failures = max_failures
+        self.readers = ReaderCache(open_readers)
         self.skipped = 0
         self.bad_files: set[str] = set()
 
@@ -197,10 +319,6 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, key)
-        return seeded_call(seed, lambda: self._item(index))
-
     def _item(self, index: int) -> dict[str, Any]:
         failed = []
         for attempt in range(min(len(self), self.max_failures)):
@@ -209,6 +327,7 @@ class VideoClipDataset(Dataset):
             try:
                 frames, masks = self._read(entry)
             except READ_ERRORS as error:
+                self.readers.discard(entry.path)
                 self.skipped += 1
                 self.bad_files.add(str(entry.path))
                 failed.append(str(entry.path))
@@ -236,15 +355,14 @@ class VideoClipDataset(Dataset):
         """uint8 frames (K, T, H, W, 3) and masks (K, T, H, W) or None."""
         if self.with_masks and entry.masks is None:
             raise FileNotFoundError("no mask file")
-        reader = VideoReader(str(entry.path), num_threads=1)
-        total = len(reader)
+        video = self.readers.get(entry.path)
+        total = len(video)
         if total < self.span:
             raise ValueError(
                 f"{total} frames, fewer than one clip ({self.num_frames} frames at stride {self.stride})"
             )
         indices = self._starts(total)[:, None] + self.stride * torch.arange(self.num_frames)
-        frames = reader.get_batch(indices.flatten().tolist()).asnumpy()
-        frames = frames.reshape(*indices.shape, *frames.shape[1:])
+        frames = np.stack([video.read(clip) for clip in indices.tolist()])
         if not self.with_masks:
             return frames, None
         masks = np.load(entry.masks, mmap_mode="r")
@@ -280,8 +398,9 @@ class VideoClipDataset(Dataset):
 
 
 def synthetic_echo(preset: str = "adult", n: int = 48, seed: int = 0) -> Path:
-    """The default synthetic echo set (64 px, 50 FPS), generated once into the cache dir."""
-    root = cache_dir() / f"synth_echo_{preset}_{n}_{seed}"
+    """The default synthetic echo set (64 px, 50 FPS), generated once into the cache dir (a folder
+    per generator version, so a changed generator never reuses old files)."""
+    root = cache_dir() / f"synth_echo_{preset}_{n}_{seed}_v{SYNTHETIC_VERSION}"
     if (root / "FileList.csv").is_file():
         return root
     tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")
@@ -319,6 +438,7 @@ class EchoVideoOptions(SyntheticEchoOptions):
     std: list[float] = ranged(list(IMAGENET_STD), "(0, inf)")
     with_masks: bool = False
     max_failures: int = ranged(16, "[1, inf)")
+    open_readers: int = ranged(16, "[1, inf)")  # videos kept open per process
 
 
 @DATASETS.register("echo_video", config=EchoVideoOptions)
@@ -332,6 +452,6 @@ def echo_video(
     **options: Any,
 ) -> VideoClipDataset:
     """Echo (or any) video clips from `root` (see `video_entries`); without a root, the synthetic
-    set `synth_echo_<preset>_<synthetic_videos>_<synthetic_seed>` from the cache dir."""
+    set `synth_echo_<preset>_<synthetic_videos>_<synthetic_seed>_v<version>` from the cache dir."""
     source = root if root is not None else synthetic_echo(preset, synthetic_videos, synthetic_seed)
     return VideoClipDataset(source, split=split, limit=limit, **options)

@@ -1,10 +1,18 @@
 """One trainer for every objective: AdamW with per-iteration schedules, autocast, clipping, logging,
-atomic checkpoints and exact resume. It knows objectives only through their contract."""
+atomic checkpoints and exact resume. It knows objectives only through their contract.
+
+A step makes no host sync of its own (fp16's GradScaler and, under DDP, the stop-signal check
+still make one): the loss and the logged scalars stay on the device and are read every `log_every`
+steps, before every checkpoint and at the end of `fit`, which is where a non-finite loss is caught
+(see `NonFiniteLossError`). One DataLoader serves a whole `fit`, so its workers live as long as the
+run.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import signal
 import time
 import warnings
@@ -34,7 +42,19 @@ from ssl_distill.schedules import warmup_cosine
 
 
 class NonFiniteLossError(RunError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+    """The loss became NaN or infinite at some step.
+
+    Losses are checked where they are read from the device: every `log_every` steps, before every
+    checkpoint and at the end of `fit`. So, precisely:
+    - no checkpoint, hence no resume and no export, ever holds state that a non-finite loss has
+      touched: a save first reads and checks every step since the last read;
+    - the run stops at the first read after the bad step (at most `log_every` - 1 steps later), with
+      this error naming that step, its loss and logged terms, and the last good checkpoint, which is
+      left as it was (under DDP every rank stops at that read);
+    - the optimizer steps from the bad one up to that read have been applied in memory: after the
+      error the trainer's model is not a good state; rerunning resumes from the last good checkpoint.
+    With `log_every=1` a bad step is caught right after its own update.
+    """
 
 
 class Preempted(RuntimeError):
@@ -64,6 +84,13 @@ def build_dataset(cfg: DictConfig) -> Any:
     return ViewDataset(source, build_transform(cfg.data.transform))
 
 
+def adamw(param_groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one (CPU, CUDA): one kernel over all tensors
+    instead of a python loop, the same update to float rounding; torch's default elsewhere."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=fused)
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -72,6 +99,15 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list):
         return [_to_device(v, device) for v in batch]
     return batch
+
+
+def _means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the mean over the rows that have it."""
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            columns.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in columns.items()}
 
 
 class Trainer:
@@ -100,7 +136,7 @@ class Trainer:
                 f"'{cfg.data.name}' does not provide (it gives {sorted(self.dataset.provides)})"
             )
         self.sampler = ResumableSampler(
-            len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=self.rank, world_size=self.world_size
+            len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=self.rank, world_size=self.world_size, endless=True
         )
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.max_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
@@ -118,12 +154,14 @@ class Trainer:
         self.lr_schedule = warmup_cosine(self.lr, o.min_lr, self.max_steps, warmup)
         wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
         self.wd_schedule = warmup_cosine(o.weight_decay, wd_end, self.max_steps)
-        self.optimizer = torch.optim.AdamW(self.objective.param_groups(o.weight_decay), lr=self.lr, betas=tuple(o.betas))
+        self.optimizer = adamw(self.objective.param_groups(o.weight_decay), self.lr, tuple(o.betas), self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.step = 0
         self.stop_requested_at: float | None = None
         self.saved_step: int | None = None
         self.skipped_samples = 0
+        self.unread: list[tuple[int, dict[str, torch.Tensor | float]]] = []  # (step, logs) still on the device
+        self.read: list[dict[str, float]] = []  # logs of read steps, not yet taken by `fit`
 
     # -- state ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -140,7 +178,9 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.objective.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"]  # its groups carry the writer's implementation flags: keep ours
+        ours = {key: self.optimizer.defaults[key] for key in ("fused", "foreach")}
+        self.optimizer.load_state_dict({**saved, "param_groups": [group | ours for group in saved["param_groups"]]})
         self.scaler.load_state_dict(state["scaler"])
         states = state["rng"]
         ckpt.set_rng_state(states[min(self.rank, len(states) - 1)])
@@ -148,8 +188,11 @@ class Trainer:
         self.saved_step = self.step
 
     def save_checkpoint(self) -> Path | None:
-        """Collective: every rank calls it; rank 0 writes. A write that fails (a full disk) leaves no
-        partial file and stops the run with RunError naming the intact previous checkpoint."""
+        """Collective: every rank calls it; rank 0 writes. The unread steps are read and checked first,
+        so state touched by a non-finite loss raises NonFiniteLossError instead of being saved. A write
+        that fails (a full disk) leaves no partial file and stops the run with RunError naming the intact
+        previous checkpoint."""
+        self._read_steps()
         state = self.state()
         path = None
         if self.is_main:
@@ -220,54 +263,73 @@ class Trainer:
                 group["weight_decay"] = float(self.wd_schedule[step])
         return lr
 
-    def train_step(self, batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
-        """One optimizer step at self.step; returns the loss and the logged scalars."""
+    def train_step(self, batch: dict[str, Any]) -> None:
+        """One optimizer step at self.step; its loss and logged scalars join `unread`, tensors left on
+        the device (no host sync)."""
         lr = self._set_schedules(self.step)
         self.objective.train()
         with self._autocast():
             output = self.model(_to_device(batch, self.device), self.step)
         loss = output.loss
-        if not torch.isfinite(loss.detach()):
-            terms = {k: float(v) for k, v in output.logs.items()}
-            newest = ckpt.list_checkpoints(self.checkpoint_dir)
-            raise NonFiniteLossError(
-                f"loss is {float(loss.detach())} at step {self.step} (terms: {terms}); stopping. "
-                f"Last good checkpoint: {newest[-1] if newest else 'none yet'}"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        logs = {k: float(v) for k, v in output.logs.items()}
-        if "skipped" in batch:  # unreadable videos the dataset passed over for this batch
+        logs: dict[str, torch.Tensor | float] = {"loss": loss.detach(), "lr": lr}
+        logs |= {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in output.logs.items()}
+        if "skipped" in batch:  # unreadable videos the dataset passed over for this batch (a CPU tensor)
             self.skipped_samples += int(batch["skipped"].sum())
             logs["skipped_samples"] = self.skipped_samples
         if self.cfg.optim.clip_grad:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad))
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.objective.after_step(self.step)
+        self.unread.append((self.step, logs))
         self.step += 1
-        return float(loss.detach()), {"loss": float(loss.detach()), "lr": lr, **logs}
+
+    def _read_steps(self) -> None:
+        """Read the unread steps' scalars from the device in one host sync into `read`, checking each
+        loss; a non-finite one raises NonFiniteLossError (on every rank under DDP)."""
+        tensors = [v for _, logs in self.unread for v in logs.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.float().reshape(()).to(self.device) for t in tensors]).tolist() if tensors else [])
+        rows = [
+            {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()}
+            for _, logs in self.unread
+        ]
+        bad = next(((step, row) for (step, _), row in zip(self.unread, rows) if not math.isfinite(row["loss"])), None)
+        if any_rank(bad is not None, self.device):
+            if bad is None:
+                what = f"a non-finite loss on another rank by step {self.step - 1}"
+            else:
+                step, row = bad
+                terms = {k: v for k, v in row.items() if k not in ("loss", "lr")}
+                what = f"loss is {row['loss']} at step {step} (terms: {terms})"
+            newest = ckpt.list_checkpoints(self.checkpoint_dir)
+            raise NonFiniteLossError(f"{what}; stopping. Last good checkpoint: {newest[-1] if newest else 'none yet'}")
+        self.unread = []
+        self.read += rows
+
+    def _take_read(self) -> list[dict[str, float]]:
+        """The logs of every step since the last call, read from the device (`_read_steps`)."""
+        self._read_steps()
+        rows, self.read = self.read, []
+        return rows
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run.
-
-        Closing the generator (or an error in the loader) shuts the DataLoader workers down at once: they
-        ignore the stop signals, so they must not be left for interpreter exit to terminate."""
-        generator = torch.Generator()  # the loader draws its worker seed here, not from the global RNG
-        while True:
-            epoch, start = divmod(self.step, self.steps_per_epoch)
-            self.sampler.set_epoch(epoch, start)
-            loader = build_loader(self.dataset, self.sampler, self.cfg.data.num_workers, self.device.type == "cuda")
-            loader.generator = generator
-            iterator = iter(loader)
-            try:
-                yield from iterator
-            finally:
-                shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-worker iterator
-                if shutdown is not None:
-                    shutdown()
+        """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run:
+        one loader over the endless sampler, whose workers live until this generator is closed. Closing
+        it (or an error in the loader) shuts the workers down at once: they ignore the stop signals, so
+        they must not be left for interpreter exit to terminate."""
+        epoch, start = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch, start)
+        iterator = iter(build_loader(self.dataset, self.sampler, self.cfg.data.num_workers, self.device.type == "cuda"))
+        try:
+            yield from iterator
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-worker iterator
+            if shutdown is not None:
+                shutdown()
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would).
@@ -287,33 +349,32 @@ class Trainer:
         if resumed and self.is_main:
             tqdm.write(f"resumed from {resumed} at step {self.step}")
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True)
-        window: dict[str, list[float]] = {}
         images_per_step = cfg.data.batch_size * self.world_size
+        self.unread, self.read = [], []
         tic = time.perf_counter()
-        batches = self._batches()
         try:
-            while self.step < last_step:
-                loss, logs = self.train_step(next(batches))
-                result.losses.append(loss)
-                for key, value in logs.items():
-                    window.setdefault(key, []).append(value)
-                bar.update(1)
-                if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
-                    elapsed = time.perf_counter() - tic
-                    means = {k: sum(v) / len(v) for k, v in window.items()}
-                    means["images_per_s"] = images_per_step * len(window["loss"]) / max(elapsed, 1e-9)
-                    means["epoch"] = self.step / self.steps_per_epoch
-                    logger.log(self.step, means)
-                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{means['images_per_s']:.0f}")
-                    window, tic = {}, time.perf_counter()
-                if any_rank(self.stop_requested_at is not None, self.device):
-                    self.request_stop()  # ranks that got no signal stop too
-                    path = self.save_checkpoint()
-                    raise Preempted(self.step, path, time.perf_counter() - self.stop_requested_at)
-                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < self.max_steps:
-                    self.save_checkpoint()
+            with contextlib.closing(self._batches()) as batches:
+                while self.step < last_step:
+                    self.train_step(next(batches))
+                    bar.update(1)
+                    if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
+                        window = self._take_read()
+                        result.losses += [row["loss"] for row in window]
+                        elapsed = time.perf_counter() - tic
+                        means = _means(window)
+                        means["images_per_s"] = images_per_step * len(window) / max(elapsed, 1e-9)
+                        means["epoch"] = self.step / self.steps_per_epoch
+                        logger.log(self.step, means)
+                        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{window[-1]['lr']:.2e}", img_s=f"{means['images_per_s']:.0f}")
+                        tic = time.perf_counter()
+                    if any_rank(self.stop_requested_at is not None, self.device):
+                        self.request_stop()  # ranks that got no signal stop too
+                        path = self.save_checkpoint()
+                        raise Preempted(self.step, path, time.perf_counter() - self.stop_requested_at)
+                    if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < self.max_steps:
+                        self.save_checkpoint()
+            result.losses += [row["loss"] for row in self._take_read()]
         finally:
-            batches.close()
             bar.close()
             logger.close()
         result.steps = self.step

@@ -56,7 +56,7 @@ def test_echo_frames_are_evenly_spaced_frames_with_their_lv_masks(echo):
 def test_default_is_the_synthetic_set_of_echo_video(monkeypatch, tmp_path):
     monkeypatch.setenv("SSL_DISTILL_CACHE", str(tmp_path))
     frames = DATASETS.get("echo_frames")(split="test", synthetic_videos=4, synthetic_seed=5, frames_per_video=2)
-    root = tmp_path / "synth_echo_adult_4_5"
+    root = tmp_path / "synth_echo_adult_4_5_v2"
     stamp = (root / "FileList.csv").stat().st_mtime_ns
     clips = DATASETS.get("echo_video")(split="test", synthetic_videos=4, synthetic_seed=5, img_size=32, num_frames=4)
     assert [e.path for e in frames.entries] == [e.path for e in clips.entries] and len(frames) == 4
