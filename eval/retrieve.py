@@ -90,4 +90,4 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
     }
     if c.save_index is not None:
         details["index"] = str(Path(c.save_index).resolve())
-    return Result("retrieve", metrics, [metrics], details)
+    return Result("retrieve", metrics, [{"gallery": int(index.ntotal), "queries": len(queries), **metrics}], details)

@@ -15,14 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from ssl_distill import checkpoints as ckpt
-from ssl_distill.backbones import backbone_weights, export_backbone
+from ssl_distill.backbones import backbone_weights
+from ssl_distill.backbones.export import export_run
 from ssl_distill.config import config_changes, from_yaml, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
+from ssl_distill.engine import run_record
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
 from ssl_distill.engine.logger import MetricsLogger
+from ssl_distill.engine.monitor import Monitor
+from ssl_distill.engine.progress import Progress, summarize
 from ssl_distill.errors import ConfigError
 from ssl_distill.files import write_text_atomic
 from ssl_distill.objectives import Objective
@@ -122,6 +125,7 @@ class Trainer:
         self.stop_requested_at: float | None = None
         self.saved_step: int | None = None
         self.skipped_samples = 0
+        self.monitor = Monitor(cfg, self.device) if cfg.monitor.every and self.is_main else None
 
     # -- state ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -165,11 +169,15 @@ class Trainer:
     def stop_on_signals(self, *signums: int) -> Iterator[None]:
         """While active, the given signals request a checkpointed stop instead of killing the run."""
         previous = {s: signal.signal(s, lambda *_: self.request_stop()) for s in signums}
+        if self.is_main:
+            run_record.write_pid(self.run_dir, signums)  # for `ssl-distill signal RUN`
         try:
             yield
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self.is_main:
+                run_record.remove_pid(self.run_dir)
 
     def maybe_resume(self) -> Path | None:
         if not self.cfg.train.resume:
@@ -178,9 +186,12 @@ class Trainer:
         if found is None:
             return None
         path, state = found
-        changed = config_changes(from_yaml(state["config"]), self.cfg)
+        old = from_yaml(state["config"])
+        run_record.check_schedule_length(old, self.cfg, self.steps_per_epoch, path)
+        changed = config_changes(old, self.cfg)
         if changed and self.is_main:
             warnings.warn(f"resuming {path} with a changed config: {'; '.join(changed)}", stacklevel=2)
+            run_record.archive_config(self.run_dir, int(state["step"]))
         self.load_state(state)
         return path
 
@@ -250,12 +261,16 @@ class Trainer:
             write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         logger = MetricsLogger(self.run_dir, self.step, cfg.train.tensorboard, enabled=self.is_main)
         result = TrainResult(self.run_dir, resumed, None, start_step=self.step)
-        if resumed and self.is_main:
-            tqdm.write(f"resumed from {resumed} at step {self.step}")
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True)
+        progress = Progress(self.max_steps, self.step, cfg.train.progress, self.is_main)
+        if resumed:
+            progress.write(f"resumed from {resumed} at step {self.step}")
+        if self.monitor is not None and self.step == 0:  # the random-init reference in the same log
+            checked = self.monitor(self.objective.backbone)
+            logger.log(0, checked)
+            progress.write(self.monitor.describe(0, checked))
         window: dict[str, list[float]] = {}
         images_per_step = cfg.data.batch_size * self.world_size
-        tic = time.perf_counter()
+        tic = session_start = time.perf_counter()
         try:
             batches = self._batches()
             while self.step < last_step:
@@ -263,14 +278,18 @@ class Trainer:
                 result.losses.append(loss)
                 for key, value in logs.items():
                     window.setdefault(key, []).append(value)
-                bar.update(1)
+                progress.update()
                 if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
                     elapsed = time.perf_counter() - tic
-                    means = {k: sum(v) / len(v) for k, v in window.items()}
+                    means = summarize(window)  # loss terms averaged over the window, schedules at the step
                     means["images_per_s"] = images_per_step * len(window["loss"]) / max(elapsed, 1e-9)
                     means["epoch"] = self.step / self.steps_per_epoch
+                    if self.monitor is not None and (self.monitor.due(self.step) or self.step == self.max_steps):
+                        checked = self.monitor(self.objective.backbone)
+                        means.update(checked)
+                        progress.write(self.monitor.describe(self.step, checked))
                     logger.log(self.step, means)
-                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{means['images_per_s']:.0f}")
+                    progress.log(self.step, means)
                     window, tic = {}, time.perf_counter()
                 if any_rank(self.stop_requested_at is not None, self.device):
                     self.request_stop()  # ranks that got no signal stop too
@@ -279,14 +298,20 @@ class Trainer:
                 if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < self.max_steps:
                     self.save_checkpoint()
         finally:
-            bar.close()
+            progress.close()
             logger.close()
+            if self.is_main and self.step > result.start_step:
+                seconds = time.perf_counter() - session_start
+                images = (self.step - result.start_step) * images_per_step
+                run_record.record_session(
+                    self.run_dir, result.start_step, self.step, seconds, images, device=str(self.device), world_size=self.world_size
+                )
         result.steps = self.step
         if self.saved_step != self.step:
             self.save_checkpoint()
         result.checkpoint = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.is_main and self.step == self.max_steps:
-            result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
+            result.exported = export_run(self.objective.backbone, self.run_dir, cfg)
         return result
 
 

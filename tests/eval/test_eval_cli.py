@@ -5,7 +5,7 @@ import pytest
 
 from eval.cli import main
 
-TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.weights=none"]
 
 
 def _args(tmp_path, *extra):
@@ -79,10 +79,10 @@ def test_segment_then_report_with_training_curves(tmp_path):
     assert "segment" in markdown and "knn" in markdown and "<table>" in page
     figures = {p.name for p in (run_dir / "report" / "figures").iterdir()}
     assert {
-        "losses.png",
-        "segment-shapes.overlays.png",
-        "knn-shapes.projection.png",
-        "knn-shapes.confusion.png",
+        "training-run.png",
+        "eval_segment-shapes.overlays.png",
+        "eval_knn-shapes.projection.png",
+        "eval_knn-shapes.confusion.png",
     } <= figures
     assert all(f"figures/{name}" in page for name in figures)
 

@@ -18,6 +18,8 @@ ALLOWED = (
     "ssl_distill.files",
     "ssl_distill.runtime",
     "ssl_distill.launch.executors",
+    "ssl_distill.knn",  # the one weighted-kNN vote, shared with the training monitor
+    "ssl_distill.checkpoints",
 )
 FORBIDDEN = ("ssl_distill.objectives", "ssl_distill.engine")
 
