@@ -212,6 +212,7 @@ class FeatureStore:
         self._sources: dict[str, Dataset] = {}
         self._options: dict[str, Any] | None = None
         self._files: dict[str, str | None] = {}
+        self._classes: tuple[str, ...] | None = None  # one class list for every split served
 
     def say(self, message: str) -> None:
         print(f"ssl-eval: {message}", file=sys.stderr, flush=True)
@@ -309,7 +310,7 @@ class FeatureStore:
         if self.cfg.run.cache and (cached := self.cache.load(key)) is not None:
             self.used[f"{split}/{pooling}"] = str(self.cache.path(key))
             self.say(f"features {data.name}/{split} ({pooling}, {len(cached)} samples): cache hit ({self.cache.path(key).stem})")
-            return cached
+            return self._aligned(cached)
         features = extract_features(
             self.backbone,
             source,
@@ -324,7 +325,21 @@ class FeatureStore:
         )
         if self.cfg.run.cache:
             self.used[f"{split}/{pooling}"] = str(self.cache.save(key, features))
-        return features
+        return self._aligned(features)
+
+    def _aligned(self, features: Features) -> Features:
+        """Labels of every split in one class list, matched by class name: a split that lacks a class (or
+        a dataset that numbers each split's classes on its own) must not shift the labels of the others."""
+        if not features.classes:
+            return features
+        if self._classes is None or features.classes == self._classes:
+            self._classes = self._classes or features.classes
+            return features
+        names = [*self._classes, *(c for c in features.classes if c not in self._classes)]
+        mapping = torch.tensor([names.index(c) for c in features.classes], dtype=torch.int64)
+        labels = torch.where(features.labels >= 0, mapping[features.labels.clamp_min(0)], features.labels)
+        self._classes = tuple(names)
+        return dataclasses.replace(features, labels=labels, classes=self._classes)
 
     def _check_size(self, split: str, size: int) -> None:
         if size < self.cfg.run.small_split:

@@ -63,8 +63,8 @@ def _export(args: argparse.Namespace) -> int:
 def _signal(args: argparse.Namespace) -> int:
     from ssl_distill.engine.run_record import signal_run
 
-    pid, name = signal_run(args.run, args.signal)
-    print(f"sent {name} to the trainer of {args.run} (pid {pid}): it checkpoints at the end of its step and stops")
+    pid, name = signal_run(args.run_dir, args.signal)
+    print(f"sent {name} to the trainer of {args.run_dir} (pid {pid}): it checkpoints at the end of its step and stops")
     return 0
 
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser(
         "signal", help="send a running trainer its checkpoint-and-stop signal (what SLURM sends before preemption)"
     )
-    stop.add_argument("run", type=Path, help="the run directory")
+    stop.add_argument("run_dir", metavar="run", type=Path, help="the run directory")
     stop.add_argument("--signal", default=None, help="signal name (default: the first one the trainer listens to)")
     stop.set_defaults(run=_signal)
     data = commands.add_parser("data", help="generate data sets")
