@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in item or item.startswith("-") for item in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*args.overrides, *extra]
+    if args.command == "report":  # report paths and key=value settings arrive in one list
+        args.overrides = [*(p for p in args.paths if "=" in p), *args.overrides]
+        args.paths = [p for p in args.paths if "=" not in p]
     command = shlex.join(["ssl-eval", *(sys.argv[1:] if argv is None else argv)])
     if getattr(args, "random_init", False):
         args.overrides.append("model.weights=none")
@@ -125,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(result.rows))
     print("n: " + ", ".join(f"{split} {size}" for split, size in result.details["n"].items()))
-    for warning in result.details.get("warnings", []):
-        print(f"warning: {warning}")
     print(f"wrote {path}")
     return 0
 

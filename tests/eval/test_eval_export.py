@@ -63,3 +63,6 @@ def test_video_eval_takes_the_clip_shape_from_the_backbone(tmp_path):
     store = FeatureStore(path, load_eval_config("echo_video", [*settings, "data.options.stride=1"]))
     assert store.data_options["num_frames"] == 4 and store.data_options["img_size"] == 32
     assert store.data_options["stride"] == 1  # given options win
+    random = FeatureStore(path, load_eval_config("echo_video", [*settings, "model.weights=none", "model.seed=1"]))
+    assert isinstance(random.backbone, VideoViT) and random.backbone.spec == video.spec
+    assert not torch.allclose(random.features("val").feats, store.features("val").feats)

@@ -149,3 +149,16 @@ def test_linear_grid_reaches_1e4_and_an_edge_optimum_is_warned(tmp_path):
     settings = [*RANDOM, "data.limit=60", "run.progress=false", "run.cache=false", "linear.Cs=[1e-6,1.0]"]
     result, _ = run_protocol("linear", "vit_tiny_patch16_224", "shapes", settings, write=False)
     assert any("largest of linear.Cs" in w for w in result.details["warnings"])
+
+
+def test_report_runs_the_missing_baselines(backbone, tmp_path):
+    run = backbone.parent
+    settings = ["data.limit=40", "run.progress=false", f"run.cache_dir={tmp_path / 'cache'}", "knn.ks=[5]", "knn.report_k=5"]
+    assert main(["knn", "--backbone", str(run), "--data", "shapes", *settings]) == 0
+    assert main(["report", str(run), "report.baselines=true", "report.projection=pca"]) == 0
+    rows = (run / "report" / "report.md").read_text().split("## Comparison")[1].split("## ")[0]
+    kinds = [line.split("|")[4].strip() for line in rows.splitlines() if line.startswith("| knn")]
+    assert sorted(kinds) == ["pixels", "random init", "trained"]
+    pixels = json.loads((run / "baselines" / "pixels-32px" / "knn-shapes.json").read_text())
+    assert pixels["n"] == {"train": 40, "val": 40} and pixels["config"]["model"]["img_size"] == 32
+    assert (run / "eval" / "random-init-seed0" / "knn-shapes.json").is_file()
