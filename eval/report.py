@@ -27,8 +27,11 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from eval.api import run_protocol
 from eval.config import ReportConfig
 from eval.results import format_cell, format_table, read_results
+from ssl_distill.backbones import load_backbone
+from ssl_distill.registry import DATASETS
 from ssl_distill.runtime import cpu_threads
 
 Block = tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", rows), ("img", (path, caption))
@@ -273,10 +276,6 @@ def add_baselines(root: Path, results: list[tuple[str, Path, dict[str, Any]]]) -
     """Run the baselines missing next to the trained backbones' results: a random init of each one's
     architecture with the same protocol, data and settings (into its `eval/random-init-seed0`), and on
     image data the raw pixels at the backbone's input size (into `<root>/baselines/`)."""
-    from eval.api import run_protocol  # the report runs protocols only when asked for baselines
-    from ssl_distill.backbones import load_backbone
-    from ssl_distill.registry import DATASETS
-
     have = {(r["protocol"], r.get("data"), r.get("baseline"), (r.get("args") or {}).get("backbone")) for _, _, r in results}
     pixels_done = {(r["protocol"], r.get("data")) for _, _, r in results if r.get("baseline") == "pixels"}
     written = []

@@ -19,7 +19,7 @@ import json
 import math
 import sys
 from dataclasses import fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +223,7 @@ class FeatureStore:
             self.warnings.append(message)
             self.say(f"warning: {message}")
 
-    @property
+    @cached_property
     def normalization(self) -> tuple[list[float], list[float]]:
         """data.mean/std when given, else the training normalisation recorded with the backbone, else ImageNet's."""
         data = self.cfg.data

@@ -2,14 +2,17 @@
 implementation behind the `ssl-eval knn` protocol and the online monitor of training runs.
 
 The vote lives here, in `ssl_distill`, because the layering runs one way: `eval` may import these leaf
-modules of `ssl_distill`, while `ssl_distill` never imports `eval`. Only the neighbour search differs by
-caller: `eval/knn.py` searches a faiss index (exact, GPU or approximate for large banks),
-`cosine_neighbors` here is the exact search the monitor runs on a few thousand features on the
-training device. Both hand (similarities, neighbour labels) to `weighted_vote`.
+modules of `ssl_distill`, while `ssl_distill` never imports `eval`. Both search neighbours with faiss's
+exact inner-product index on L2-normalised features, so they break ties between equally similar samples
+(duplicate images) the same way and agree on CPU to the last query; `eval/search.py` adds GPU and
+approximate indexes for large banks, and `cosine_neighbors` here is the plain exact search the monitor
+runs on a few thousand features.
 """
 
 from __future__ import annotations
 
+import faiss
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,13 +30,16 @@ def weighted_vote(sims: Tensor, neighbor_labels: Tensor, num_classes: int, tempe
     return votes / votes.sum(dim=1, keepdim=True)
 
 
-def cosine_neighbors(bank: Tensor, queries: Tensor, k: int, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """Exact top-k by cosine similarity: bank (N, D), queries (M, D) -> sims (M, k), ids (M, k), best first."""
-    bank = torch.nn.functional.normalize(bank.float(), dim=1)
-    queries = torch.nn.functional.normalize(queries.float(), dim=1)
-    k = min(k, len(bank))
-    parts = [torch.topk(chunk @ bank.T, k, dim=1) for chunk in queries.split(chunk_size)]
-    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+def cosine_neighbors(bank: Tensor, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k by cosine similarity (faiss `IndexFlatIP` on CPU): bank (N, D), queries (M, D) ->
+    sims (M, k) float32 and ids (M, k) int64, best first."""
+    bank_np, queries_np = (
+        np.ascontiguousarray(torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()) for x in (bank, queries)
+    )
+    index = faiss.IndexFlatIP(bank_np.shape[1])
+    index.add(bank_np)
+    sims, ids = index.search(queries_np, min(k, len(bank_np)))
+    return torch.from_numpy(sims), torch.from_numpy(ids)
 
 
 def knn_predict(
@@ -41,4 +47,4 @@ def knn_predict(
 ) -> Tensor:
     """Predicted class (M,) of each query by the weighted vote of its k nearest bank samples."""
     sims, ids = cosine_neighbors(bank, queries, k)
-    return weighted_vote(sims, bank_labels.to(ids.device)[ids], num_classes, temperature).argmax(1)
+    return weighted_vote(sims, bank_labels.cpu()[ids], num_classes, temperature).argmax(1)

@@ -109,7 +109,8 @@ def test_monitor_and_ssl_eval_share_one_knn():
     from eval.knn import knn_rank
 
     generator = torch.Generator().manual_seed(0)
-    bank, queries = torch.randn(200, 16, generator=generator), torch.randn(50, 16, generator=generator)
+    half = torch.randn(100, 16, generator=generator)
+    bank, queries = torch.cat([half, half]), torch.randn(50, 16, generator=generator)  # duplicates: tied neighbours
     labels = torch.randint(0, 5, (200,), generator=generator)
     ranked = knn_rank(bank, labels, queries, [10], num_classes=5, temperature=0.07)[10][:, 0]
     assert torch.equal(knn_predict(bank, labels, queries, 10, 5, 0.07), torch.from_numpy(ranked))

@@ -93,9 +93,8 @@ class Monitor:
             bank, queries = self._features(backbone, self.bank), self._features(backbone, self.queries)
         finally:
             backbone.train(training)
-        labels = self.query_labels.to(self.device)
-        predicted = knn_predict(bank, self.bank_labels.to(self.device), queries, self.cfg.k, self.num_classes, self.cfg.temperature)
-        results = {"monitor/knn_top1": float((predicted == labels).float().mean())}
+        predicted = knn_predict(bank, self.bank_labels, queries, self.cfg.k, self.num_classes, self.cfg.temperature)
+        results = {"monitor/knn_top1": float((predicted == self.query_labels).float().mean())}
         if self.cfg.linear:
             results["monitor/linear_top1"] = linear_top1(bank.cpu(), self.bank_labels, queries.cpu(), self.query_labels)
         results["monitor/seconds"] = time.perf_counter() - tic
