@@ -49,7 +49,9 @@ def write_digits(root: Path, skip_val: tuple[int, ...] = ()) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="60 training steps instead of 600")
     parser.add_argument("--out", default="runs/digits_walk")
     args = parser.parse_args()
@@ -62,10 +64,20 @@ def main() -> int:
     cfg = load_config(
         CONFIGS / "mae/tiny_mnist.yaml",
         [
-            "data.name=folder", f"data.root={data}", "run.name=mae_digits", f"run.out_dir={out}",
-            "model.embed_dim=64", "model.depth=4", "model.num_heads=2", "objective.decoder.dim=64",
-            "objective.decoder.heads=2", "objective.decoder.depth=1", f"train.max_steps={steps}",
-            "train.log_every=20", f"monitor.every={steps // 3 // 20 * 20 or 20}", "train.progress=false",
+            "data.name=folder",
+            f"data.root={data}",
+            "run.name=mae_digits",
+            f"run.out_dir={out}",
+            "model.embed_dim=64",
+            "model.depth=4",
+            "model.num_heads=2",
+            "objective.decoder.dim=64",
+            "objective.decoder.heads=2",
+            "objective.decoder.depth=1",
+            f"train.max_steps={steps}",
+            "train.log_every=20",
+            f"monitor.every={steps // 3 // 20 * 20 or 20}",
+            "train.progress=false",
             "optim.lr=1e-3",
         ],
     )

@@ -58,7 +58,8 @@ def _run_dir_of(path: Path) -> Path:
     """The folder a backbone path belongs to: a run directory itself, the run of its `export` folder or
     checkpoint, else the file's folder."""
     if path.is_dir():
-        return path.parent if (path / "config.json").is_file() and (path.parent / "config.yaml").is_file() else path
+        export_of_run = (path / "config.json").is_file() and (path.parent / "config.yaml").is_file()
+        return path.parent if export_of_run else path
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
@@ -87,7 +88,11 @@ def default_out_dir(backbone: str | Path | nn.Module, cfg: DictConfig | None = N
 
 
 def equivalent_command(
-    protocol: str, backbone: str | Path | nn.Module, data: str | None, overrides: Sequence[str], out: str | Path | None
+    protocol: str,
+    backbone: str | Path | nn.Module,
+    data: str | None,
+    overrides: Sequence[str],
+    out: str | Path | None,
 ) -> str | None:
     """The `ssl-eval` command line that makes the same result (None for a module given in Python)."""
     if isinstance(backbone, nn.Module):

@@ -26,7 +26,9 @@ class RawPixels(nn.Module):
     def __init__(self, img_size: int = 32, patch_size: int = 4) -> None:
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"pixels: model.img_size={img_size} is not a multiple of model.patch_size={patch_size}")
+            raise ValueError(
+                f"pixels: model.img_size={img_size} is not a multiple of model.patch_size={patch_size}"
+            )
         self.img_size, self.patch_size = img_size, patch_size
         self.grid_size = (img_size // patch_size, img_size // patch_size)
 

@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="collect result JSONs (and metrics.csv) of runs and baselines into Markdown + HTML"
     )
-    report.add_argument("paths", nargs="+", metavar="path", help="run or results directories (the first holds the report)")
+    report.add_argument(
+        "paths", nargs="+", metavar="path", help="run or results directories (the first holds the report)"
+    )
     report.add_argument("--out", default=None, help="report folder (default <first path>/report)")
     report.add_argument(
         "overrides", nargs="*", metavar="key=value", help="settings, e.g. report.projection=pca"
@@ -121,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.slurm or args.local:
             return _submit(args, command)
-        result, path = run_protocol(args.command, args.backbone, args.data, args.overrides, args.out, command=command)
+        result, path = run_protocol(
+            args.command, args.backbone, args.data, args.overrides, args.out, command=command
+        )
     except (ValueError, KeyError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ssl-eval: error: {message}", file=sys.stderr)

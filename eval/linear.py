@@ -179,7 +179,9 @@ def _fit(train: Features, test: Features, store: FeatureStore, cfg: DictConfig) 
         predictions, info = ridge_probe(train_x, train.targets.numpy(), test_x, c.alphas)
         metrics = regression_metrics(test.targets.numpy(), predictions)
         if info["alpha"] in (min(c.alphas), max(c.alphas)):
-            store.warn(f"linear: ridge alpha={info['alpha']:g} is at an end of linear.alphas={list(c.alphas)}: widen it")
+            store.warn(
+                f"linear: ridge alpha={info['alpha']:g} is at an end of linear.alphas={list(c.alphas)}: widen it"
+            )
         sizes = {"train": len(train), "test": len(test)}
         return Result("linear", metrics, [{"head": "ridge", **info, **sizes, **metrics}], info)
     if c.target != "label":

@@ -260,7 +260,7 @@ def render_html(blocks: list[Block], title: str) -> str:
 
 
 def _stem(label: str) -> str:
-    """A result's figure name from its path under the report roots ('a/eval/knn-mnist.json' -> 'a_eval_knn-mnist')."""
+    """A result's figure name from its path under the report roots: 'a/eval/knn-mnist.json' -> 'a_eval_knn-mnist'."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.removesuffix(".json")).strip("_")
 
 
@@ -276,7 +276,10 @@ def add_baselines(root: Path, results: list[tuple[str, Path, dict[str, Any]]]) -
     """Run the baselines missing next to the trained backbones' results: a random init of each one's
     architecture with the same protocol, data and settings (into its `eval/random-init-seed0`), and on
     image data the raw pixels at the backbone's input size (into `<root>/baselines/`)."""
-    have = {(r["protocol"], r.get("data"), r.get("baseline"), (r.get("args") or {}).get("backbone")) for _, _, r in results}
+    have = {
+        (r["protocol"], r.get("data"), r.get("baseline"), (r.get("args") or {}).get("backbone"))
+        for _, _, r in results
+    }
     pixels_done = {(r["protocol"], r.get("data")) for _, _, r in results if r.get("baseline") == "pixels"}
     written = []
     for _, _, record in results:
@@ -332,7 +335,8 @@ def build_report(
     blocks: list[Block] = [("h1", title)]
     if results:
         blocks.append(("h2", "Comparison"))
-        blocks.append(("p", "Best first within each protocol and dataset; n: samples (bank or train → queries or test)."))
+        note = "Best first within each protocol and dataset; n: samples (bank or train → queries or test)."
+        blocks.append(("p", note))
         blocks.append(("table", comparison_rows(results)))
     for root, csv in csvs:
         name = root.resolve().name

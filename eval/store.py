@@ -86,7 +86,8 @@ def random_init(model: DictConfig) -> bool:
 def _path_identity(source: str | Path) -> dict[str, Any]:
     path = Path(source)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return {"folder": str(path.resolve()), "sha256": [file_sha256(path / n) for n in ("config.json", "model.safetensors")]}
+        hashes = [file_sha256(path / name) for name in ("config.json", "model.safetensors")]
+        return {"folder": str(path.resolve()), "sha256": hashes}
     if path.is_dir():
         path = resolve_run_path(path)
     return {"file": str(path.resolve()), "sha256": file_sha256(path)}
@@ -245,7 +246,8 @@ class FeatureStore:
             known = {f.name for f in dataclasses.fields(DATASETS.get(data.name).Config)}
             spec = dict(getattr(self.backbone, "spec", {}))
             mean, std = self.normalization
-            derived = {"num_frames": spec.get("num_frames"), "img_size": spec.get("img_size"), "mean": mean, "std": std}
+            derived = {"num_frames": spec.get("num_frames"), "img_size": spec.get("img_size"), "mean": mean}
+            derived = {**derived, "std": std}
             derived = {k: v for k, v in derived.items() if k in known and k not in given and v is not None}
             shape = {k: derived[k] for k in ("num_frames", "img_size") if k in derived}
             if shape:
@@ -309,7 +311,8 @@ class FeatureStore:
         self._check_size(split, len(source))
         if self.cfg.run.cache and (cached := self.cache.load(key)) is not None:
             self.used[f"{split}/{pooling}"] = str(self.cache.path(key))
-            self.say(f"features {data.name}/{split} ({pooling}, {len(cached)} samples): cache hit ({self.cache.path(key).stem})")
+            hit = self.cache.path(key).stem
+            self.say(f"features {data.name}/{split} ({pooling}, {len(cached)} samples): cache hit ({hit})")
             return self._aligned(cached)
         features = extract_features(
             self.backbone,

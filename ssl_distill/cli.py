@@ -55,7 +55,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.out.suffix == ".safetensors":
         path = export_backbone(backbone, args.out, preprocess)
     elif (path := export_timm_folder(backbone, args.out, preprocess)) is None:
-        raise ValueError(f"{args.checkpoint}: a {backbone.spec['kind']} backbone has no timm layout; export to a .safetensors file")
+        kind = backbone.spec["kind"]
+        raise ValueError(f"{args.checkpoint}: a {kind} backbone has no timm layout; export to a .safetensors file")
     print(f"wrote {path}")
     return 0
 

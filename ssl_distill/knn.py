@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 
-def weighted_vote(sims: Tensor, neighbor_labels: Tensor, num_classes: int, temperature: float = 0.07) -> Tensor:
+def weighted_vote(
+    sims: Tensor, neighbor_labels: Tensor, num_classes: int, temperature: float = 0.07
+) -> Tensor:
     """sims (M, k) cosine similarities and neighbor_labels (M, k) -> (M, C) class scores summing to 1.
 
     The weights exp(sim / T) are scaled per query by exp(-max sim / T), which leaves the vote unchanged
@@ -34,7 +36,8 @@ def cosine_neighbors(bank: Tensor, queries: Tensor, k: int) -> tuple[Tensor, Ten
     """Exact top-k by cosine similarity (faiss `IndexFlatIP` on CPU): bank (N, D), queries (M, D) ->
     sims (M, k) float32 and ids (M, k) int64, best first."""
     bank_np, queries_np = (
-        np.ascontiguousarray(torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy()) for x in (bank, queries)
+        np.ascontiguousarray(torch.nn.functional.normalize(x.detach().float().cpu(), dim=1).numpy())
+        for x in (bank, queries)
     )
     index = faiss.IndexFlatIP(bank_np.shape[1])
     index.add(bank_np)

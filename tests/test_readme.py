@@ -58,7 +58,11 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch):
             extra = TRAIN if args[0] in ("train", "launch") else []
             code = ssl_distill([*args, *extra])
         else:
-            extra = [] if args[0] == "report" else ["data.limit=200", "run.progress=false", f"run.cache_dir={tmp_path / 'cache'}"]
+            extra = (
+                []
+                if args[0] == "report"
+                else ["data.limit=200", "run.progress=false", f"run.cache_dir={tmp_path / 'cache'}"]
+            )
             code = ssl_eval([*args, *extra, *(["segment.epochs=1"] if args[0] == "segment" else [])])
         assert code == 0, shlex.join(words)
     assert (tmp_path / "runs/dmae_tiny_mnist/report/report.html").is_file()

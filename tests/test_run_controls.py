@@ -25,7 +25,12 @@ from ssl_distill.knn import knn_predict
 
 from conftest import CONFIGS, tiny_config
 
-DINO_TINY = ["objective.output_dim=64", "objective.hidden_dim=32", "objective.bottleneck_dim=16", "data.transform.n_local_views=2"]
+DINO_TINY = [
+    "objective.output_dim=64",
+    "objective.hidden_dim=32",
+    "objective.bottleneck_dim=16",
+    "data.transform.n_local_views=2",
+]
 
 
 def _rows(run_dir) -> list[dict[str, str]]:
@@ -44,7 +49,13 @@ def test_launch_takes_overrides_after_slurm(monkeypatch):
         return Job()
 
     monkeypatch.setattr("ssl_distill.launch.submit.submit", fake_submit)
-    argv = ["launch", str(CONFIGS / "mae/tiny_mnist.yaml"), "--slurm", "slurm.nodes=2", "slurm.gpus_per_node=8"]
+    argv = [
+        "launch",
+        str(CONFIGS / "mae/tiny_mnist.yaml"),
+        "--slurm",
+        "slurm.nodes=2",
+        "slurm.gpus_per_node=8",
+    ]
     assert cli.main(argv) == 0
     assert (submitted["cfg"].slurm.nodes, submitted["cfg"].slurm.gpus_per_node) == (2, 8)
     with pytest.raises(SystemExit):
@@ -58,7 +69,9 @@ def test_a_longer_schedule_needs_train_extend_and_keeps_the_old_config(tmp_path)
         train(tiny_config("mae/tiny_mnist.yaml", tmp_path, "train.max_steps=6"))
     assert (done.run_dir / "config.yaml").read_text() == config
     with pytest.warns(UserWarning, match="changed config"):
-        extended = train(tiny_config("mae/tiny_mnist.yaml", tmp_path, "train.max_steps=6", "train.extend=true"))
+        extended = train(
+            tiny_config("mae/tiny_mnist.yaml", tmp_path, "train.max_steps=6", "train.extend=true")
+        )
     assert (extended.start_step, extended.steps) == (4, 6)
     assert (done.run_dir / "config.step00000004.yaml").read_text() == config
     assert "max_steps: 6" in (done.run_dir / "config.yaml").read_text()
@@ -110,14 +123,19 @@ def test_monitor_and_ssl_eval_share_one_knn():
 
     generator = torch.Generator().manual_seed(0)
     half = torch.randn(100, 16, generator=generator)
-    bank, queries = torch.cat([half, half]), torch.randn(50, 16, generator=generator)  # duplicates: tied neighbours
+    bank, queries = (
+        torch.cat([half, half]),
+        torch.randn(50, 16, generator=generator),
+    )  # duplicates: tied neighbours
     labels = torch.randint(0, 5, (200,), generator=generator)
     ranked = knn_rank(bank, labels, queries, [10], num_classes=5, temperature=0.07)[10][:, 0]
     assert torch.equal(knn_predict(bank, labels, queries, 10, 5, 0.07), torch.from_numpy(ranked))
 
 
 def test_progress_lines_lr_at_the_step_and_run_stats(tmp_path, capsys):
-    cfg = tiny_config("mae/tiny_mnist.yaml", tmp_path, "train.max_steps=6", "train.log_every=3", "train.progress=false")
+    cfg = tiny_config(
+        "mae/tiny_mnist.yaml", tmp_path, "train.max_steps=6", "train.log_every=3", "train.progress=false"
+    )
     trainer = Trainer(cfg)
     result = trainer.fit()
     printed = capsys.readouterr().out
@@ -132,14 +150,24 @@ def test_progress_lines_lr_at_the_step_and_run_stats(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_dino_trains_a_timm_resnet_and_exports_it_for_timm(tmp_path):
-    quick = ["data.batch_size=16", "data.limit=64", "train.max_steps=3", "train.progress=false", "train.tensorboard=false"]
-    cfg = load_config(CONFIGS / "dino/tiny_mnist_resnet.yaml", [*DINO_TINY, *quick, f"run.out_dir={tmp_path}"])
+    quick = [
+        "data.batch_size=16",
+        "data.limit=64",
+        "train.max_steps=3",
+        "train.progress=false",
+        "train.tensorboard=false",
+    ]
+    cfg = load_config(
+        CONFIGS / "dino/tiny_mnist_resnet.yaml", [*DINO_TINY, *quick, f"run.out_dir={tmp_path}"]
+    )
     result = train(cfg)
     assert np.isfinite(result.losses).all()
     exported = load_backbone(result.exported).eval()
     model = timm.create_model(f"local-dir:{result.run_dir / 'export'}", pretrained=True, num_classes=0).eval()
     bn = model.bn1
-    assert bn.running_mean.abs().sum() > 0 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert bn.running_mean.abs().sum() > 0 and not torch.allclose(
+        bn.running_var, torch.ones_like(bn.running_var)
+    )
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(images), exported(images))
@@ -152,5 +180,7 @@ def test_masked_objectives_refuse_a_cnn_in_one_line(tmp_path):
     config.write_text("model: {kind: cnn, name: resnet18}\nobjective: {name: mae}\n")
     with pytest.raises(ConfigError, match=r"objective 'mae' works with model.kind \['vit'\], not 'cnn'"):
         load_config(config)
-    with pytest.raises(ConfigError, match="'resnet18' is not a timm VisionTransformer; a CNN is model.kind=cnn"):
+    with pytest.raises(
+        ConfigError, match="'resnet18' is not a timm VisionTransformer; a CNN is model.kind=cnn"
+    ):
         Trainer(tiny_config("mae/tiny_mnist.yaml", tmp_path, "model.name=resnet18"))

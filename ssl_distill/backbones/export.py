@@ -28,7 +28,11 @@ from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 EXPORT_DIR = "export"  # <run>/export: the timm folder
-EVAL_RESIZE = {"interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center"}  # data.transforms.eval_transform
+EVAL_RESIZE = {
+    "interpolation": "bicubic",
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}  # data.transforms.eval_transform
 
 
 def preprocess_of(cfg: DictConfig | dict) -> dict[str, list[float]]:
@@ -69,7 +73,9 @@ def timm_data_config(backbone: nn.Module, preprocess: dict[str, list[float]]) ->
     return {"input_size": (backbone.in_chans, size, size), **EVAL_RESIZE, **preprocess}
 
 
-def export_timm_folder(backbone: nn.Module, folder: str | Path, preprocess: dict[str, list[float]]) -> Path | None:
+def export_timm_folder(
+    backbone: nn.Module, folder: str | Path, preprocess: dict[str, list[float]]
+) -> Path | None:
     """Write `folder/config.json` and `folder/model.safetensors` with timm's own writer (replacing the folder
     as a whole); None, and nothing written, for a backbone timm cannot build (a video ViT)."""
     model = timm_module(backbone)

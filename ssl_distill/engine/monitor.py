@@ -36,7 +36,9 @@ class Monitor:
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         m = cfg.monitor
         if m.every % cfg.train.log_every:
-            raise ConfigError(f"monitor.every={m.every} must be a multiple of train.log_every={cfg.train.log_every}")
+            raise ConfigError(
+                f"monitor.every={m.every} must be a multiple of train.log_every={cfg.train.log_every}"
+            )
         self.cfg, self.device, self.every = m, device, m.every
         options = OmegaConf.to_container(cfg.data.options, resolve=True)
         fields = set(DATASETS.get(cfg.data.name).Config.__dataclass_fields__)
@@ -57,7 +59,9 @@ class Monitor:
         return step % self.every == 0
 
     def describe(self, step: int, results: dict[str, float]) -> str:
-        scores = ", ".join(f"{k.removeprefix('monitor/')} {v:.4f}" for k, v in results.items() if k.endswith("top1"))
+        scores = ", ".join(
+            f"{k.removeprefix('monitor/')} {v:.4f}" for k, v in results.items() if k.endswith("top1")
+        )
         return f"monitor at step {step}: {scores} (bank {len(self.bank)}, queries {len(self.queries)}, k={self.cfg.k})"
 
     def _item(self, source: Any, index: int) -> tuple[Tensor, int]:
@@ -79,7 +83,9 @@ class Monitor:
     def _features(self, backbone: nn.Module, source: Any) -> Tensor:
         feats = []
         for start in range(0, len(source), self.cfg.batch_size):
-            batch = [self._item(source, i)[0] for i in range(start, min(start + self.cfg.batch_size, len(source)))]
+            batch = [
+                self._item(source, i)[0] for i in range(start, min(start + self.cfg.batch_size, len(source)))
+            ]
             inputs = torch.stack(batch).to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 feats.append(backbone(inputs).float())
@@ -93,10 +99,14 @@ class Monitor:
             bank, queries = self._features(backbone, self.bank), self._features(backbone, self.queries)
         finally:
             backbone.train(training)
-        predicted = knn_predict(bank, self.bank_labels, queries, self.cfg.k, self.num_classes, self.cfg.temperature)
+        predicted = knn_predict(
+            bank, self.bank_labels, queries, self.cfg.k, self.num_classes, self.cfg.temperature
+        )
         results = {"monitor/knn_top1": float((predicted == self.query_labels).float().mean())}
         if self.cfg.linear:
-            results["monitor/linear_top1"] = linear_top1(bank.cpu(), self.bank_labels, queries.cpu(), self.query_labels)
+            results["monitor/linear_top1"] = linear_top1(
+                bank.cpu(), self.bank_labels, queries.cpu(), self.query_labels
+            )
         results["monitor/seconds"] = time.perf_counter() - tic
         return results
 

@@ -15,13 +15,17 @@ AT_STEP = frozenset({"lr", "momentum", "teacher_temp", "weight_decay", "skipped_
 
 def summarize(window: dict[str, list[float]]) -> dict[str, float]:
     """Per-step values since the last log -> the logged row: means, and the last value of schedules."""
-    return {key: values[-1] if key in AT_STEP else sum(values) / len(values) for key, values in window.items()}
+    return {
+        key: values[-1] if key in AT_STEP else sum(values) / len(values) for key, values in window.items()
+    }
 
 
 class Progress:
     def __init__(self, total: int, initial: int, enabled: bool, is_main: bool) -> None:
         self.total, self.initial, self.start = total, initial, time.perf_counter()
-        self.bar = tqdm(total=total, initial=initial, disable=None if enabled and is_main else True, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, initial=initial, disable=None if enabled and is_main else True, dynamic_ncols=True
+        )
         self.lines = is_main and self.bar.disable
 
     def update(self) -> None:

@@ -52,11 +52,15 @@ def archive_config(run_dir: Path, step: int) -> Path | None:
     return kept
 
 
-def record_session(run_dir: Path, start_step: int, end_step: int, seconds: float, images: int, **info: Any) -> Path:
+def record_session(
+    run_dir: Path, start_step: int, end_step: int, seconds: float, images: int, **info: Any
+) -> Path:
     """Append this session (one `fit` call) to run_stats.json; totals over all sessions of the run."""
     path = run_dir / STATS_FILE
     sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    sessions = [s for s in sessions if s["end_step"] <= start_step]  # a re-run of the same steps replaces them
+    sessions = [
+        s for s in sessions if s["end_step"] <= start_step
+    ]  # a re-run of the same steps replaces them
     sessions.append(
         {
             "start_step": start_step,
@@ -82,7 +86,11 @@ def record_session(run_dir: Path, start_step: int, end_step: int, seconds: float
 
 def write_pid(run_dir: Path, signums: Sequence[int]) -> Path:
     """Record this process and the signals that make it checkpoint and stop."""
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "signals": [signal.Signals(s).name for s in signums]}
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "signals": [signal.Signals(s).name for s in signums],
+    }
     return write_text_atomic(run_dir / PID_FILE, json.dumps(record))
 
 
@@ -98,7 +106,9 @@ def signal_run(run_dir: str | Path, name: str | None = None) -> tuple[int, str]:
     dies on SIGUSR2)."""
     path = Path(run_dir) / PID_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trainer is running in {run_dir} (the file exists while one trains)")
+        raise FileNotFoundError(
+            f"{path}: no trainer is running in {run_dir} (the file exists while one trains)"
+        )
     record = json.loads(path.read_text())
     if record["host"] != socket.gethostname():
         raise ValueError(f"{run_dir} trains on host {record['host']}; run this there")

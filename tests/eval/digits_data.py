@@ -10,7 +10,13 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-TIMM_TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+TIMM_TINY = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+]
 
 
 def write_digits(root: Path, per_class: dict[str, int], skip_val: tuple[int, ...] = ()) -> Path:

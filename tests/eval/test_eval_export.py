@@ -23,13 +23,19 @@ from conftest import tiny_config
 def run_dir(tmp_path_factory):
     """A 2-step MAE run trained with a non-ImageNet normalisation."""
     norm = ["data.transform.mean=[0.5,0.5,0.5]", "data.transform.std=[0.25,0.25,0.25]"]
-    return train(tiny_config("mae/tiny_mnist.yaml", tmp_path_factory.mktemp("export"), "train.max_steps=2", *norm)).run_dir
+    return train(
+        tiny_config("mae/tiny_mnist.yaml", tmp_path_factory.mktemp("export"), "train.max_steps=2", *norm)
+    ).run_dir
 
 
 def test_timm_loads_the_export_folder_in_one_line_with_ssl_evals_preprocessing(run_dir):
     model = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True, num_classes=0).eval()
     data = timm.data.resolve_data_config({}, model=model)
-    assert data["input_size"] == (3, 32, 32) and list(data["mean"]) == [0.5] * 3 and list(data["std"]) == [0.25] * 3
+    assert (
+        data["input_size"] == (3, 32, 32)
+        and list(data["mean"]) == [0.5] * 3
+        and list(data["std"]) == [0.25] * 3
+    )
     transform = timm.data.create_transform(**data)
     images = build_source("mnist", split="val", limit=16)  # 28 px digits: resized to 32 like ssl-eval does
     with torch.no_grad():
@@ -47,7 +53,9 @@ def test_ssl_distill_export_writes_either_layout(run_dir, tmp_path):
     assert {p.name for p in (tmp_path / "folder").iterdir()} == {"config.json", "model.safetensors"}
     assert main(["export", str(run_dir), str(tmp_path / "one.safetensors")]) == 0
     first = FeatureStore(tmp_path / "folder", load_eval_config("mnist", ["data.limit=8", "run.cache=false"]))
-    second = FeatureStore(tmp_path / "one.safetensors", load_eval_config("mnist", ["data.limit=8", "run.cache=false"]))
+    second = FeatureStore(
+        tmp_path / "one.safetensors", load_eval_config("mnist", ["data.limit=8", "run.cache=false"])
+    )
     assert first.normalization == second.normalization == ([0.5] * 3, [0.25] * 3)
     assert torch.equal(first.features("val").feats, second.features("val").feats)
 
@@ -55,14 +63,25 @@ def test_ssl_distill_export_writes_either_layout(run_dir, tmp_path):
 def test_video_eval_takes_the_clip_shape_from_the_backbone(tmp_path):
     echo = write_synthetic_echo(tmp_path / "echo", 6, seed=1, size=32, frames=16)
     torch.manual_seed(0)
-    video = VideoViT(img_size=32, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=32, depth=1, num_heads=2)
+    video = VideoViT(
+        img_size=32, num_frames=4, patch_size=8, tubelet_size=2, embed_dim=32, depth=1, num_heads=2
+    )
     path = export_backbone(video, tmp_path / "video.safetensors")
-    settings = [f"data.root={echo}", "run.cache=false", "run.progress=false", "data.options.clip_sampling=uniform"]
-    result, _ = run_protocol("features", path, "echo_video", settings, write=False)  # defaults: 16 frames, 112 px
+    settings = [
+        f"data.root={echo}",
+        "run.cache=false",
+        "run.progress=false",
+        "data.options.clip_sampling=uniform",
+    ]
+    result, _ = run_protocol(
+        "features", path, "echo_video", settings, write=False
+    )  # defaults: 16 frames, 112 px
     assert result.rows[0]["dim"] == 32
     store = FeatureStore(path, load_eval_config("echo_video", [*settings, "data.options.stride=1"]))
     assert store.data_options["num_frames"] == 4 and store.data_options["img_size"] == 32
     assert store.data_options["stride"] == 1  # given options win
-    random = FeatureStore(path, load_eval_config("echo_video", [*settings, "model.weights=none", "model.seed=1"]))
+    random = FeatureStore(
+        path, load_eval_config("echo_video", [*settings, "model.weights=none", "model.seed=1"])
+    )
     assert isinstance(random.backbone, VideoViT) and random.backbone.spec == video.spec
     assert not torch.allclose(random.features("val").feats, store.features("val").feats)

@@ -37,7 +37,13 @@ def backbone(tmp_path: Path) -> Path:
 
 def _knn(backbone, data: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / "out"
-    settings = ["run.progress=false", f"run.cache_dir={tmp_path / 'cache'}", "knn.ks=[5]", "knn.report_k=5", *extra]
+    settings = [
+        "run.progress=false",
+        f"run.cache_dir={tmp_path / 'cache'}",
+        "knn.ks=[5]",
+        "knn.report_k=5",
+        *extra,
+    ]
     assert main(["knn", "--backbone", str(backbone), "--data", data, "--out", str(out), *settings]) == 0
     return json.loads(next(out.glob("knn-*.json")).read_text())
 
@@ -79,7 +85,9 @@ def test_csv_shorthand_gives_the_folder_numbers(digits, backbone, tmp_path):
 
 
 def test_a_training_config_with_its_data_in_a_base_evaluates_that_data(digits, tmp_path):
-    (tmp_path / "base.yaml").write_text(f"data:\n  name: folder\n  root: {digits}\n  transform: {{name: mae}}\n")
+    (tmp_path / "base.yaml").write_text(
+        f"data:\n  name: folder\n  root: {digits}\n  transform: {{name: mae}}\n"
+    )
     (tmp_path / "train.yaml").write_text("base: base.yaml\nobjective:\n  name: mae\n")
     cfg = load_eval_config(str(tmp_path / "train.yaml"))
     assert (cfg.data.name, cfg.data.root) == ("folder", str(digits))
@@ -102,7 +110,10 @@ def test_report_keeps_each_backbones_figures(tmp_path, capsys):
         assert f"figures/seed{seed}_knn-shapes.confusion.png" in section
         assert f"figures/seed{1 - seed}_knn-shapes" not in section
     comparison = markdown.split("## Comparison")[1].split("## ")[0]
-    assert comparison.count("(random init, seed") == 2 and "ssl-eval knn --backbone vit_tiny_patch16_224" in comparison
+    assert (
+        comparison.count("(random init, seed") == 2
+        and "ssl-eval knn --backbone vit_tiny_patch16_224" in comparison
+    )
 
 
 def test_a_run_directory_is_a_backbone(backbone, tmp_path):
@@ -118,7 +129,10 @@ def test_random_weights_only_when_asked_and_their_folders_name_the_sizes(backbon
     args = ["knn", "--backbone", "vit_tiny_patch16_224", *TIMM_TINY, "run.progress=false", "data.limit=40"]
     assert main(args) == 2
     assert "no weights were given" in capsys.readouterr().err
-    outs = {default_out_dir("vit_tiny_patch16_224", load_eval_config("mnist", [*RANDOM, f"model.embed_dim={d}"])) for d in (32, 64)}
+    outs = {
+        default_out_dir("vit_tiny_patch16_224", load_eval_config("mnist", [*RANDOM, f"model.embed_dim={d}"]))
+        for d in (32, 64)
+    }
     assert len(outs) == 2 and all("random-seed0" in str(p) and "img_size32" in str(p) for p in outs)
     settings = ["data.limit=40", "run.progress=false", "run.cache=false"]
     cfg = load_eval_config("shapes", [*settings, "model.weights=none"])
@@ -131,7 +145,16 @@ def test_random_weights_only_when_asked_and_their_folders_name_the_sizes(backbon
 
 def test_n_is_printed_and_tiny_splits_and_clipped_k_are_warned(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["knn", "--backbone", "vit_tiny_patch16_224", "--random-init", "--data", "shapes", "--out", str(out)]
+    args = [
+        "knn",
+        "--backbone",
+        "vit_tiny_patch16_224",
+        "--random-init",
+        "--data",
+        "shapes",
+        "--out",
+        str(out),
+    ]
     assert main([*args, *TIMM_TINY, "data.limit=12", "run.progress=false", "run.cache=false"]) == 0
     printed = capsys.readouterr()
     assert "| bank | queries |" in printed.out.replace("  ", " ").replace("  ", " ") or "bank" in printed.out
@@ -153,7 +176,13 @@ def test_linear_grid_reaches_1e4_and_an_edge_optimum_is_warned(tmp_path):
 
 def test_report_runs_the_missing_baselines(backbone, tmp_path):
     run = backbone.parent
-    settings = ["data.limit=40", "run.progress=false", f"run.cache_dir={tmp_path / 'cache'}", "knn.ks=[5]", "knn.report_k=5"]
+    settings = [
+        "data.limit=40",
+        "run.progress=false",
+        f"run.cache_dir={tmp_path / 'cache'}",
+        "knn.ks=[5]",
+        "knn.report_k=5",
+    ]
     assert main(["knn", "--backbone", str(run), "--data", "shapes", *settings]) == 0
     assert main(["report", str(run), "report.baselines=true", "report.projection=pca"]) == 0
     rows = (run / "report" / "report.md").read_text().split("## Comparison")[1].split("## ")[0]
