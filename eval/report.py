@@ -48,15 +48,21 @@ def find_metrics_csv(root: Path) -> Path | None:
     return None
 
 
+def training_columns(table: pd.DataFrame) -> list[str]:
+    """Every logged term of metrics.csv worth a panel: numeric columns with a value, but `step` and `epoch`."""
+    return [
+        c
+        for c in table.columns
+        if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()
+    ]
+
+
 def plot_training(csv: Path, path: Path, title: str = "training") -> Path | None:
     """Every numeric column of metrics.csv against `step`, one panel each (log scale for a positive loss)."""
     table = pd.read_csv(csv)
     if "step" not in table:
         return None
-    columns = [
-        c for c in table.columns
-        if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()
-    ]
+    columns = training_columns(table)
     if not columns:
         return None
     cols = min(3, len(columns))
