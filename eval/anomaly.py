@@ -64,7 +64,8 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
         scores = knn_distance_scores(bank.feats[keep], queries.feats, c.k, c.chunk_size)
         metrics = detection_metrics(~torch.isin(queries.labels, normal).numpy(), scores)
         details["bank_size"] = int(keep.sum())
-        return Result("anomaly", metrics, [{"method": "distance", "k": c.k, **metrics}], details)
+        row = {"method": "distance", "k": c.k, "bank": int(keep.sum()), "queries": len(queries), **metrics}
+        return Result("anomaly", metrics, [row], details)
     bank_labels, query_labels = bank.labels, queries.labels
     num_classes = num_classes_of(bank, queries)
     if c.binarize:
@@ -72,10 +73,13 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
             (~torch.isin(labels, normal)).long() for labels in (bank_labels, query_labels)
         )
         num_classes = 2
+    if c.k > len(bank):
+        store.warn(f"anomaly: k={c.k} exceeds the bank of {len(bank)} samples and was clipped to {len(bank)}")
     ranked = knn_rank(bank.feats, bank_labels, queries.feats, [c.k], num_classes, c.temperature, c.chunk_size)
     ((k, ranks),) = ranked.items()
     metrics = classification_metrics(query_labels.numpy(), ranks)
     metrics["accuracy"] = metrics.pop("top1")
     details.update(k=k, temperature=c.temperature, bank_size=len(bank))
     details["confusion"] = confusion(query_labels.numpy(), ranks[:, 0], num_classes)
-    return Result("anomaly", metrics, [{"method": "zero_shot", "k": k, **metrics}], details)
+    row = {"method": "zero_shot", "k": k, "bank": len(bank), "queries": len(queries), **metrics}
+    return Result("anomaly", metrics, [row], details)

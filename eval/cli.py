@@ -1,14 +1,16 @@
-"""`ssl-eval <protocol> --backbone <checkpoint | export.safetensors | timm name> --data <name | data.yaml>
-[key=value ...]` and `ssl-eval report <run or results dir>`.
+"""`ssl-eval <protocol> --backbone <run dir | checkpoint | export | timm name | pixels> [--random-init]
+--data <name | folder:PATH | csv:FILE | data.yaml> [key=value ...]` and `ssl-eval report <dirs...>`.
 
 Each protocol writes a JSON result (into --out, default next to the backbone or runs/eval/<name>) and
-prints a short table. Settings: see eval/config.py (e.g. `knn.ks=[10,20] model.img_size=32 data.limit=500`).
+prints a short table with the number of samples behind each score. Settings: see eval/config.py (e.g.
+`knn.ks=[10,20] model.img_size=32 data.limit=500`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,12 +39,21 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in HELP.items():
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
-            "--backbone", required=True, help="our checkpoint (.pt), an exported .safetensors, or a timm name"
+            "--backbone",
+            required=True,
+            help="a run directory, checkpoint (.pt), export (.safetensors or timm folder), a timm name with "
+            "model.weights=FILE, or 'pixels' (the raw-pixel baseline)",
+        )
+        command.add_argument(
+            "--random-init",
+            action="store_true",
+            help="random weights of the backbone's architecture (seed model.seed): the baseline to beat",
         )
         command.add_argument(
             "--data",
             default=None,
-            help=f"bundled dataset name or dataset YAML (default {DEFAULT_DATA.get(name, 'mnist')})",
+            help="dataset name, folder:PATH (ImageFolder), csv:FILE (path,label[,split]) or a YAML with a data: "
+            f"section, e.g. a training config (default {DEFAULT_DATA.get(name, 'mnist')})",
         )
         command.add_argument(
             "--out", default=None, help="results folder (default: next to the backbone, or runs/eval/<name>)"
@@ -53,9 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         where = command.add_mutually_exclusive_group()
         where.add_argument("--slurm", action="store_true", help="run as a SLURM job via submitit (slurm.* settings)")
         where.add_argument("--local", action="store_true", help="run through submitit's local executor")
-    report = commands.add_parser("report", help="collect result JSONs (and metrics.csv) into Markdown + HTML")
-    report.add_argument("path", help="a run directory or a results directory")
-    report.add_argument("--out", default=None, help="report folder (default <path>/report)")
+    report = commands.add_parser(
+        "report", help="collect result JSONs (and metrics.csv) of runs and baselines into Markdown + HTML"
+    )
+    report.add_argument(
+        "paths", nargs="+", metavar="path", help="run or results directories (the first holds the report)"
+    )
+    report.add_argument("--out", default=None, help="report folder (default <first path>/report)")
     report.add_argument(
         "overrides", nargs="*", metavar="key=value", help="settings, e.g. report.projection=pca"
     )
@@ -65,22 +80,25 @@ def _parser() -> argparse.ArgumentParser:
 class EvalJob:
     """One protocol run as a submitit job (feature extraction is the heavy part)."""
 
-    def __init__(self, protocol: str, backbone: str, data: str | None, overrides: list[str], out: str | None) -> None:
+    def __init__(
+        self, protocol: str, backbone: str, data: str | None, overrides: list[str], out: str | None, command: str
+    ) -> None:
         self.args = (protocol, backbone, data, overrides, out)
+        self.command = command
 
     def __call__(self) -> dict:
-        result, path = run_protocol(*self.args)
+        result, path = run_protocol(*self.args, command=self.command)
         return {"metrics": result.metrics, "path": str(path)}
 
     def checkpoint(self, *args: object, **kwargs: object) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(EvalJob(*self.args))  # features cached so far are reused
+        return submitit.helpers.DelayedSubmission(EvalJob(*self.args, self.command))  # cached features are reused
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _submit(args: argparse.Namespace, command: str) -> int:
     cfg = load_eval_config(args.data, args.overrides)
-    out = Path(args.out) if args.out else default_out_dir(args.backbone)
+    out = Path(args.out) if args.out else default_out_dir(args.backbone, cfg)
     executor = make_executor(cfg.slurm, out / "submitit", f"eval-{args.command}", local=args.local)
-    job = executor.submit(EvalJob(args.command, args.backbone, args.data, args.overrides, args.out))
+    job = executor.submit(EvalJob(args.command, args.backbone, args.data, args.overrides, args.out, command))
     print(f"submitted job {job.job_id}: logs in {job.paths.folder}")
     if args.local:
         print(job.result())
@@ -93,21 +111,30 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in item or item.startswith("-") for item in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*args.overrides, *extra]
+    if args.command == "report":  # report paths and key=value settings arrive in one list
+        args.overrides = [*(p for p in args.paths if "=" in p), *args.overrides]
+        args.paths = [p for p in args.paths if "=" not in p]
+    command = shlex.join(["ssl-eval", *(sys.argv[1:] if argv is None else argv)])
+    if getattr(args, "random_init", False):
+        args.overrides.append("model.weights=none")
     try:
         if args.command == "report":
             cfg = load_eval_config(None, args.overrides)
-            page = build_report(args.path, args.out, cfg.report)
+            page = build_report(args.paths, args.out, cfg.report)
             print(f"wrote {page} and {page.with_suffix('.md')}")
             return 0
         if args.slurm or args.local:
-            return _submit(args)
-        result, path = run_protocol(args.command, args.backbone, args.data, args.overrides, args.out)
+            return _submit(args, command)
+        result, path = run_protocol(
+            args.command, args.backbone, args.data, args.overrides, args.out, command=command
+        )
     except USER_ERRORS as error:
         if os.environ.get("SSL_DISTILL_DEBUG"):
             raise
         print(f"ssl-eval: error: {error_line(error)}", file=sys.stderr)
         return 2
     print(format_table(result.rows))
+    print("n: " + ", ".join(f"{split} {size}" for split, size in result.details["n"].items()))
     print(f"wrote {path}")
     return 0
 

@@ -1,7 +1,8 @@
 """Evaluation settings: one schema with a section per protocol, overridden by `key=value` strings.
 
-`data` is a bundled dataset name (`mnist`), or a YAML file holding either a `data:` section (a
-training config works) or the data mapping itself.
+`data` is a registered dataset name (`mnist`), a shorthand for your own images (`folder:PATH` for an
+ImageFolder tree, `csv:FILE` for a file list), or a YAML file holding either a `data:` section (a
+training config works: its `base:` chain is followed) or the data mapping itself.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_distill.config import SlurmConfig, check_data_options, merge_checked
-from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ssl_distill.config import SlurmConfig, check_data_options, merge_checked, read_yaml
 from ssl_distill.errors import ConfigError
 from ssl_distill.schema import check_values, ranged
 
@@ -27,7 +27,11 @@ class EvalConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Sizes for a timm name (checkpoints and exports carry their own); `seed` fixes a random init."""
+    """Sizes for a timm name (checkpoints and exports carry their own); `seed` fixes a random init.
+
+    `weights`: a weights file for a timm name, or `none` for random weights (`--random-init`): a timm name
+    needs one of the two; for a checkpoint, run or export, `none` gives a random init of its architecture.
+    """
 
     img_size: int | None = None
     patch_size: int | None = None
@@ -41,7 +45,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """A registered dataset; `options` go to its builder; `img_size` None means the backbone's input size."""
+    """A registered dataset; `options` go to its builder; `img_size` None means the backbone's input size,
+    `mean`/`std` None the normalisation recorded with the backbone (its training config), else ImageNet's."""
 
     name: str = "mnist"
     root: str | None = None
@@ -50,8 +55,11 @@ class DataConfig:
     batch_size: int = ranged(256, "[1, inf)")
     num_workers: int = ranged(0, "[0, inf)")
     img_size: int | None = ranged(None, "[1, inf)")
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] | None = None
+    std: list[float] | None = ranged(None, "(0, inf)")
+
+
+RANDOM_WEIGHTS = ("none", "random")  # model.weights values that ask for a random init
 
 
 @dataclass
@@ -61,6 +69,7 @@ class RunConfig:
     cache_dir: str | None = None  # None: $SSL_DISTILL_CACHE/eval
     progress: bool = True
     fit_threads: int | None = 1  # CPU threads for probes and heads on cached features (see ssl_distill/runtime.py)
+    small_split: int = 50  # warn when a split has fewer samples: its metrics have a standard error above 0.07
 
 
 @dataclass
@@ -89,7 +98,7 @@ class LinearConfig:
     pooling: str = "cls"
     head: str = "sklearn"  # sklearn: logistic regression | torch: AdamW linear heads, for large sets
     target: str = "label"  # label | regression (ridge on the dataset's continuous target)
-    Cs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    Cs: list[float] = field(default_factory=lambda: [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4])
     holdout: float = 0.2
     max_iter: int = 1000
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
@@ -142,6 +151,7 @@ class AnomalyConfig:
 class ReportConfig:
     projection: str = "auto"  # auto (t-SNE up to tsne_max points, else PCA) | pca | tsne
     tsne_max: int = 1000
+    baselines: bool = False  # first run the missing baselines: random init of each backbone, raw pixels on images
 
 
 @dataclass
@@ -159,18 +169,34 @@ class EvalConfig:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # for --slurm / --local launches
 
 
+SHORTHANDS = ("folder", "csv")  # --data folder:PATH | csv:FILE
+
+
 def _data_mapping(data: str) -> Any:
+    kind, _, rest = data.partition(":")
+    if kind in SHORTHANDS and rest:
+        return {"data": {"name": kind, "root": rest}}
     path = Path(data)
     if path.suffix not in (".yaml", ".yml"):
         return {"data": {"name": data}}
     if not path.is_file():
         raise EvalConfigError(f"--data: dataset config not found: {path}")
-    node = OmegaConf.load(path)
-    if not isinstance(node, DictConfig):
-        raise EvalConfigError(f"{path}: a dataset config must be a mapping")
-    section = node.get("data", node)
+    try:
+        node = read_yaml(path)  # follows `base:` like training does
+    except ConfigError as error:
+        raise EvalConfigError(str(error)) from None
+    section = node.get("data") if "data" in node else node
+    if not isinstance(section, DictConfig) or "name" not in section:
+        raise EvalConfigError(
+            f"--data {path}: no dataset in it (expected a 'data:' section with a 'name', in the file or a "
+            "file its 'base:' names, or a mapping with 'name')"
+        )
     known = {f.name for f in dataclasses.fields(DataConfig)}
-    return {"data": {k: v for k, v in section.items() if k in known}}
+    mapping = {k: v for k, v in section.items() if k in known}
+    transform = section.get("transform")
+    if isinstance(transform, DictConfig):  # a training config: evaluate with the normalisation it trained with
+        mapping.update({k: transform[k] for k in ("mean", "std") if k in transform and k not in mapping})
+    return {"data": mapping}
 
 
 def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -183,11 +209,14 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
         merged = merge_checked(EvalConfig, OmegaConf.merge(*layers), "ssl-eval")
     except ConfigError as error:
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
+    given = list(merged.data.options or {})
     try:
-        merged.data.options = check_data_options(merged.data.name, merged.data.options, "ssl-eval")
+        checked = check_data_options(merged.data.name, merged.data.options, "ssl-eval")
         check_values(merged, EvalConfig, "ssl-eval")
     except ConfigError as error:
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
+    # only the options given are kept: the others come from the backbone (clip shape) or the dataset's defaults
+    merged.data.options = OmegaConf.create({key: checked[key] for key in given})
     for section in ("features", "knn", "linear", "retrieve", "anomaly"):
         if merged[section].pooling not in POOLINGS:
             raise EvalConfigError(

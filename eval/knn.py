@@ -1,7 +1,8 @@
 """Weighted k-nearest-neighbour classification (DINO's protocol) with faiss.
 
 Bank and queries are L2-normalised; each of a query's k nearest bank samples votes for its label with
-weight exp(sim / T). One search with the largest k serves every k.
+weight exp(sim / T) (`ssl_distill.knn.weighted_vote`, shared with the training monitor). One search with
+the largest k serves every k.
 """
 
 from __future__ import annotations
@@ -19,21 +20,9 @@ from eval.metrics import classification_metrics, confusion, ranks_kept
 from eval.results import Result
 from eval.search import build_index, normalized, search
 from eval.store import FeatureStore
+from ssl_distill.knn import weighted_vote
 
-
-def weighted_vote(
-    sims: Tensor, neighbor_labels: Tensor, num_classes: int, temperature: float = 0.07
-) -> Tensor:
-    """sims (M, k) cosine similarities and neighbor_labels (M, k) -> (M, C) class scores summing to 1.
-
-    The weights exp(sim / T) are scaled per query by exp(-max sim / T), which leaves the vote unchanged
-    and keeps small temperatures from overflowing.
-    """
-    sims = torch.as_tensor(sims, dtype=torch.float64)
-    weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature)
-    votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64)
-    votes.scatter_add_(1, torch.as_tensor(neighbor_labels, dtype=torch.int64), weights)
-    return votes / votes.sum(dim=1, keepdim=True)
+__all__ = ["knn_rank", "num_classes_of", "run", "weighted_vote"]
 
 
 def knn_rank(
@@ -78,6 +67,9 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
     queries = store.features(c.query_split, c.pooling)
     num_classes = num_classes_of(bank, queries)
     headline = min(c.report_k, len(bank))
+    clipped = sorted({int(k) for k in [*c.ks, c.report_k] if k > len(bank)})
+    if clipped:
+        store.warn(f"knn: k={clipped} exceed the bank of {len(bank)} samples and were clipped to {len(bank)}")
     ranked = knn_rank(
         bank.feats, bank.labels, queries.feats, [*c.ks, headline], num_classes, c.temperature, c.chunk_size
     )
@@ -85,7 +77,7 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
     rows, metrics = [], {}
     for k, ranks in ranked.items():
         scores = classification_metrics(labels, ranks)
-        rows.append({"k": k, **scores})
+        rows.append({"k": k, "bank": len(bank), "queries": len(queries), **scores})
         metrics.update({f"{name}@{k}": value for name, value in scores.items()})
     metrics.update(classification_metrics(labels, ranked[headline]))
     details = {

@@ -55,7 +55,7 @@ def logistic_probe(
     train_y: np.ndarray,
     test_x: np.ndarray,
     num_classes: int,
-    Cs: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0),
+    Cs: Sequence[float] = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4),
     holdout: float = 0.2,
     max_iter: int = 1000,
     seed: int = 0,
@@ -140,6 +140,20 @@ def ridge_probe(
     return model.predict(test_x), {"alpha": float(model[-1].alpha_)}
 
 
+def edge_of_grid(sweep: Sequence[dict[str, float]], name: str, score: str = "holdout_top1") -> str | None:
+    """'smallest' / 'largest' when the best value of a sweep is at an end of its grid and strictly better
+    than its neighbour (the optimum may lie beyond the grid), else None."""
+    if len(sweep) < 2:
+        return None
+    ordered = sorted(sweep, key=lambda row: row[name])
+    scores = [row[score] for row in ordered]
+    if scores[0] > max(scores[1:]):
+        return "smallest"
+    if scores[-1] > max(scores[:-1]):
+        return "largest"
+    return None
+
+
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     return {
         "r2": float(r2_score(targets, predictions)),
@@ -164,7 +178,12 @@ def _fit(train: Features, test: Features, store: FeatureStore, cfg: DictConfig) 
             raise ValueError(f"linear.target=regression: dataset '{cfg.data.name}' has no continuous target")
         predictions, info = ridge_probe(train_x, train.targets.numpy(), test_x, c.alphas)
         metrics = regression_metrics(test.targets.numpy(), predictions)
-        return Result("linear", metrics, [{"head": "ridge", **info, **metrics}], info)
+        if info["alpha"] in (min(c.alphas), max(c.alphas)):
+            store.warn(
+                f"linear: ridge alpha={info['alpha']:g} is at an end of linear.alphas={list(c.alphas)}: widen it"
+            )
+        sizes = {"train": len(train), "test": len(test)}
+        return Result("linear", metrics, [{"head": "ridge", **info, **sizes, **metrics}], info)
     if c.target != "label":
         raise ValueError(f"linear.target must be 'label' or 'regression', got '{c.target}'")
     num_classes = num_classes_of(train, test)
@@ -193,9 +212,17 @@ def _fit(train: Features, test: Features, store: FeatureStore, cfg: DictConfig) 
     ranked = rank_classes(proba)
     metrics = classification_metrics(test_y, ranked)
     chosen = {key: value for key, value in info.items() if key != "sweep"}
+    name = "C" if c.head == "sklearn" else "lr"
+    if (edge := edge_of_grid(info["sweep"], name)) is not None:
+        grid = [row[name] for row in info["sweep"]]
+        store.warn(
+            f"linear: the best {name}={info[name]:g} is the {edge} of linear.{name}s={grid}; the optimum may lie "
+            "beyond it: widen the grid"
+        )
     details = {
         **info,
         "classes": list(test.classes),
         "confusion": confusion(test_y, ranked[:, 0], num_classes),
     }
-    return Result("linear", metrics, [{"head": c.head, **chosen, **metrics}], details)
+    sizes = {"train": len(train), "test": len(test)}
+    return Result("linear", metrics, [{"head": c.head, **chosen, **sizes, **metrics}], details)

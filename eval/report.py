@@ -1,11 +1,20 @@
-"""One page (Markdown + HTML, PNG figures) from a run or results directory: a summary of every result
-JSON, training loss curves from `metrics.csv`, 2-D projections of features coloured by label, confusion
-matrices and segmentation overlays.
+"""One page (Markdown + HTML, PNG figures) from run or results directories: a comparison table of every
+result (trained backbones and baselines, with the samples behind each score and the command that made
+it), every logged training term from `metrics.csv` (each loss term, lr, momentum, temperature, grad norm,
+skipped samples, throughput, the online monitor), the run's wall time and images/s, 2-D projections of
+features coloured by label, confusion matrices and segmentation overlays. Figures are named after each
+result's path, so several backbones in one folder keep their own.
+
+With `report.baselines=true` the missing baselines are run first: a random init of each trained
+backbone's architecture (same protocol, data and settings) and, on image data, the raw pixels.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +27,11 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from eval.api import run_protocol
 from eval.config import ReportConfig
 from eval.results import format_cell, format_table, read_results
+from ssl_distill.backbones import load_backbone
+from ssl_distill.registry import DATASETS
 from ssl_distill.runtime import cpu_threads
 
 Block = tuple[str, Any]  # ("h1" | "h2" | "p", text), ("table", rows), ("img", (path, caption))
@@ -36,25 +48,77 @@ def find_metrics_csv(root: Path) -> Path | None:
     return None
 
 
-def plot_losses(csv: Path, path: Path) -> Path | None:
-    """Loss columns (any with 'loss' in the name) against `step`; log scale when all are positive."""
+def training_columns(table: pd.DataFrame) -> list[str]:
+    """Every logged term of metrics.csv worth a panel: numeric columns with a value, but `step` and `epoch`."""
+    return [
+        c
+        for c in table.columns
+        if c not in ("step", "epoch") and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()
+    ]
+
+
+def plot_training(csv: Path, path: Path, title: str = "training") -> Path | None:
+    """Every numeric column of metrics.csv against `step`, one panel each (log scale for a positive loss)."""
     table = pd.read_csv(csv)
     if "step" not in table:
         return None
-    columns = [c for c in table.columns if "loss" in c and pd.api.types.is_numeric_dtype(table[c])]
+    columns = training_columns(table)
     if not columns:
         return None
-    figure = Figure(figsize=(7, 4), layout="constrained")
-    axes = figure.subplots()
-    for column in columns:
+    cols = min(3, len(columns))
+    rows = -(-len(columns) // cols)
+    figure = Figure(figsize=(4 * cols, 2.6 * rows), layout="constrained")
+    grid = figure.subplots(rows, cols, squeeze=False)
+    for axes, column in zip(grid.flat, columns):
         series = table[["step", column]].dropna()
-        axes.plot(series["step"], series[column], label=column, linewidth=1.2)
-    if (table[columns].dropna(how="all") > 0).all().all():
-        axes.set_yscale("log")
-    axes.set(xlabel="step", ylabel="loss", title="training losses")
-    axes.legend(fontsize=8)
-    figure.savefig(path, dpi=110)
+        axes.plot(series["step"], series[column], linewidth=1.2, marker="." if len(series) < 30 else None)
+        if "loss" in column and (series[column] > 0).all():
+            axes.set_yscale("log")
+        axes.set_title(column, fontsize=9)
+        axes.tick_params(labelsize=7)
+    for axes in list(grid.flat)[len(columns):]:
+        axes.set_visible(False)
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
     return path
+
+
+HEADLINES = ("top1", "miou", "r2", "recall@1", "auroc", "balanced_accuracy", "accuracy", "effective_rank/val")
+
+
+def headline(record: dict[str, Any]) -> tuple[str, float] | tuple[None, None]:
+    """The score a result is compared by (kNN/linear top-1, mIoU, R², recall@1, AUROC, ...)."""
+    metrics = record.get("metrics", {})
+    for name in HEADLINES:
+        if metrics.get(name) is not None:
+            return name, metrics[name]
+    return None, None
+
+
+def _n(record: dict[str, Any]) -> str:
+    sizes = record.get("n") or record.get("details", {}).get("n") or {}
+    return " → ".join(str(v) for v in sizes.values())
+
+
+def comparison_rows(results: list[tuple[str, Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per result, grouped by (protocol, data), best score first; baselines marked."""
+    rows = []
+    for label, _, record in results:
+        metric, score = headline(record)
+        rows.append(
+            {
+                "protocol": record["protocol"],
+                "data": record.get("data", ""),
+                "backbone": record.get("backbone", ""),
+                "kind": record.get("baseline") or "trained",
+                "metric": metric or "",
+                "score": score,
+                "n": _n(record),
+                "command": record.get("command") or "",
+                "file": label,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["protocol"], r["data"], -(r["score"] if r["score"] is not None else -1e9)))
 
 
 def project(
@@ -126,14 +190,8 @@ def plot_overlays(arrays: dict[str, np.ndarray], path: Path) -> Path:
     return path
 
 
-def _summary(record: dict[str, Any]) -> str:
-    metrics = record.get("metrics", {})
-    headline = {k: v for k, v in metrics.items() if "@" not in k and "/" not in k} or metrics
-    return ", ".join(f"{k}={format_cell(v)}" for k, v in list(headline.items())[:6])
-
-
-def _figures(path: Path, record: dict[str, Any], figures: Path, cfg: DictConfig) -> list[Path]:
-    stem, made = path.stem, []
+def _figures(path: Path, stem: str, record: dict[str, Any], figures: Path, cfg: DictConfig) -> list[Path]:
+    made = []
     title = f"{record['protocol']} · {record.get('data', '')}"
     details, artifacts = record.get("details", {}), record.get("artifacts", {})
     if "sample" in artifacts and (path.parent / artifacts["sample"]).is_file():
@@ -207,53 +265,104 @@ def render_html(blocks: list[Block], title: str) -> str:
     )
 
 
-def build_report(root: str | Path, out: str | Path | None = None, cfg: DictConfig | None = None) -> Path:
-    """Collect results under `root` into `<out>/report.md` and `<out>/report.html` (default root/report)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"report: no such directory: {root}")
+def _stem(label: str) -> str:
+    """A result's figure name from its path under the report roots: 'a/eval/knn-mnist.json' -> 'a_eval_knn-mnist'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.removesuffix(".json")).strip("_")
+
+
+def _run_stats(root: Path) -> dict[str, Any] | None:
+    for candidate in (root / "run_stats.json", root.parent / "run_stats.json"):
+        if candidate.is_file():
+            stats = json.loads(candidate.read_text())
+            return {key: stats.get(key) for key in ("steps", "train_seconds", "images", "images_per_s")}
+    return None
+
+
+def add_baselines(root: Path, results: list[tuple[str, Path, dict[str, Any]]]) -> list[Path]:
+    """Run the baselines missing next to the trained backbones' results: a random init of each one's
+    architecture with the same protocol, data and settings (into its `eval/random-init-seed0`), and on
+    image data the raw pixels at the backbone's input size (into `<root>/baselines/`)."""
+    have = {
+        (r["protocol"], r.get("data"), r.get("baseline"), (r.get("args") or {}).get("backbone"))
+        for _, _, r in results
+    }
+    pixels_done = {(r["protocol"], r.get("data")) for _, _, r in results if r.get("baseline") == "pixels"}
+    written = []
+    for _, _, record in results:
+        args = record.get("args")
+        if record.get("baseline") or not args:
+            continue
+        protocol, data, overrides = record["protocol"], args["data"], list(args["overrides"])
+        if (protocol, record.get("data"), "random init", args["backbone"]) not in have:
+            written.append(run_protocol(protocol, args["backbone"], data, [*overrides, "model.weights=none"])[1])
+            have.add((protocol, record.get("data"), "random init", args["backbone"]))
+        video = "num_frames" in DATASETS.get(record["data"]).Config.__dataclass_fields__
+        if not video and (protocol, record.get("data")) not in pixels_done:
+            spec = load_backbone(args["backbone"]).spec if Path(args["backbone"]).exists() else {}
+            size = spec.get("img_size") or record.get("config", {}).get("model", {}).get("img_size") or 32
+            kept = [o for o in overrides if not o.startswith("model.")]
+            out = root / "baselines" / f"pixels-{size}px"
+            written.append(run_protocol(protocol, "pixels", data, [*kept, f"model.img_size={size}"], out)[1])
+            pixels_done.add((protocol, record.get("data")))
+    return written
+
+
+def build_report(
+    roots: str | Path | Sequence[str | Path], out: str | Path | None = None, cfg: DictConfig | None = None
+) -> Path:
+    """Collect the results under `roots` into `<out>/report.md` and `<out>/report.html` (default
+    `<first root>/report`)."""
+    roots = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"report: no such directory: {root}")
     cfg = cfg if cfg is not None else OmegaConf.structured(ReportConfig)
-    out = Path(out) if out is not None else root / "report"
+    out = Path(out) if out is not None else roots[0] / "report"
     figures = out / "figures"
-    results = [(path, record) for path, record in read_results(root) if out not in path.parents]
-    csv = find_metrics_csv(root)
-    if not results and csv is None:
-        raise FileNotFoundError(f"report: no result JSONs or metrics.csv under {root}")
+    def collect() -> list[tuple[str, Path, dict[str, Any]]]:
+        found = []
+        for root in roots:
+            prefix = f"{root.resolve().name}/" if len(roots) > 1 else ""
+            for path, record in read_results(root):
+                if out.resolve() not in path.resolve().parents:
+                    found.append((prefix + str(path.relative_to(root)), path, record))
+        return found
+
+    results = collect()
+    if cfg.baselines and results:
+        add_baselines(roots[0], results)
+        results = collect()
+    csvs = [(root, csv) for root in roots if (csv := find_metrics_csv(root)) is not None]
+    if not results and not csvs:
+        raise FileNotFoundError(f"report: no result JSONs or metrics.csv under {', '.join(map(str, roots))}")
     figures.mkdir(parents=True, exist_ok=True)
-    blocks: list[Block] = [("h1", f"Evaluation report: {root.resolve().name}")]
+    title = f"Evaluation report: {', '.join(root.resolve().name for root in roots)}"
+    blocks: list[Block] = [("h1", title)]
     if results:
-        blocks.append(("h2", "Summary"))
-        blocks.append(
-            (
-                "table",
-                [
-                    {
-                        "protocol": record["protocol"],
-                        "data": record.get("data", ""),
-                        "backbone": record.get("backbone", ""),
-                        "metrics": _summary(record),
-                        "file": str(path.relative_to(root)),
-                    }
-                    for path, record in results
-                ],
-            )
-        )
-    if csv is not None and (loss := plot_losses(csv, figures / "losses.png")) is not None:
-        blocks += [("h2", "Training"), ("img", (str(loss.relative_to(out)), "training losses"))]
-    for path, record in results:
+        blocks.append(("h2", "Comparison"))
+        note = "Best first within each protocol and dataset; n: samples (bank or train → queries or test)."
+        blocks.append(("p", note))
+        blocks.append(("table", comparison_rows(results)))
+    for root, csv in csvs:
+        name = root.resolve().name
+        blocks.append(("h2", f"Training · {name}"))
+        if (stats := _run_stats(root)) is not None:
+            blocks.append(("table", [stats]))
+        if (plot := plot_training(csv, figures / f"training-{_stem(name)}.png", f"training · {name}")) is not None:
+            blocks.append(("img", (str(plot.relative_to(out)), f"training · {name}")))
+    for label, path, record in results:
         blocks.append(
             ("h2", f"{record['protocol']} · {record.get('data', '')} · {record.get('backbone', '')}")
         )
-        blocks.append(
-            (
-                "p",
-                f"{path.relative_to(root)}, written {record.get('created', '?')}, {record.get('seconds', '?')} s",
-            )
-        )
+        blocks.append(("p", f"{label}, written {record.get('created', '?')}, {record.get('seconds', '?')} s"))
+        if record.get("command"):
+            blocks.append(("p", f"command: {record['command']}"))
+        for warning in record.get("warnings", []):
+            blocks.append(("p", f"warning: {warning}"))
         blocks.append(("table", record.get("rows", [])))
-        for figure in _figures(path, record, figures, cfg):
+        for figure in _figures(path, _stem(label), record, figures, cfg):
             blocks.append(("img", (str(figure.relative_to(out)), figure.stem)))
     (out / "report.md").write_text(render_markdown(blocks))
     page = out / "report.html"
-    page.write_text(render_html(blocks, f"Evaluation report: {root.resolve().name}"))
+    page.write_text(render_html(blocks, title))
     return page

@@ -90,4 +90,5 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
     }
     if c.save_index is not None:
         details["index"] = str(Path(c.save_index).resolve())
-    return Result("retrieve", metrics, [metrics], details)
+    row = {"gallery": int(index.ntotal), "queries": len(queries), **metrics}
+    return Result("retrieve", metrics, [row], details)

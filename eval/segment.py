@@ -173,7 +173,8 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
         {"class": name, "iou": iou, "dice": dice}
         for name, iou, dice in zip(names, scores["iou"], scores["dice"])
     ]
-    rows.append({"class": "mean", "iou": scores["miou"], "dice": scores["mean_dice"]})
+    sizes = {"train": len(train), "test": len(test)}
+    rows.append({"class": "mean", "iou": scores["miou"], "dice": scores["mean_dice"], **sizes})
     details = {"classes": names, "iou": scores["iou"], "dice": scores["dice"], "grid": list(train.grid)}
     overlays = _overlays(store, c.eval_split, predictions, test.masks, c.overlays)
     return Result("segment", metrics, rows, details, {"overlays": overlays} if overlays else {})

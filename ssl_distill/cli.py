@@ -1,4 +1,4 @@
-"""`ssl-distill train | launch | export | data` — errors a user can fix print one line and exit 2."""
+"""`ssl-distill train | launch | export | signal | data` — errors a user can fix print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -48,10 +48,26 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    """OUT ending in .safetensors: the single file; any other OUT: a folder in timm's layout."""
     from ssl_distill.backbones import export_backbone, load_backbone
+    from ssl_distill.backbones.export import export_timm_folder, preprocess_of, read_preprocess
 
-    path = export_backbone(load_backbone(args.checkpoint), args.out)
+    backbone = load_backbone(args.checkpoint)
+    preprocess = read_preprocess(args.checkpoint) or preprocess_of({"data": {}})
+    if args.out.suffix == ".safetensors":
+        path = export_backbone(backbone, args.out, preprocess)
+    elif (path := export_timm_folder(backbone, args.out, preprocess)) is None:
+        kind = backbone.spec["kind"]
+        raise ValueError(f"{args.checkpoint}: a {kind} backbone has no timm layout; export to a .safetensors file")
     print(f"wrote {path}")
+    return 0
+
+
+def _signal(args: argparse.Namespace) -> int:
+    from ssl_distill.engine.run_record import signal_run
+
+    pid, name = signal_run(args.run_dir, args.signal)
+    print(f"sent {name} to the trainer of {args.run_dir} (pid {pid}): it checkpoints at the end of its step and stops")
     return 0
 
 
@@ -81,10 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--local", action="store_true", help="run through submitit's local executor and wait")
     launch.add_argument("--wait", action="store_true", help="wait for the job and print its result")
     launch.set_defaults(run=_launch)
-    export = commands.add_parser("export", help="write a checkpoint's backbone as timm-loadable safetensors")
-    export.add_argument("checkpoint", help="checkpoint .pt or run directory")
-    export.add_argument("out", type=Path)
+    export = commands.add_parser(
+        "export", help="write a backbone as a timm folder (config.json + model.safetensors) or one .safetensors file"
+    )
+    export.add_argument("checkpoint", help="run directory, checkpoint .pt or export")
+    export.add_argument("out", type=Path, help="a folder (timm's layout), or a file ending in .safetensors")
     export.set_defaults(run=_export)
+    stop = commands.add_parser(
+        "signal", help="send a running trainer its checkpoint-and-stop signal (what SLURM sends before preemption)"
+    )
+    stop.add_argument("run_dir", metavar="run", type=Path, help="the run directory")
+    stop.add_argument("--signal", default=None, help="signal name (default: the first one the trainer listens to)")
+    stop.set_defaults(run=_signal)
     data = commands.add_parser("data", help="generate data sets")
     generators = data.add_subparsers(dest="generator", required=True)
     echo = generators.add_parser("synth-echo", help="synthetic echocardiography videos in EchoNet-Dynamic layout")
@@ -105,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Errors a user can fix (`USER_ERRORS`) print one line and exit 2; SSL_DISTILL_DEBUG=1 shows the
     traceback instead."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # key=value overrides may also follow the options
+    if extra and (not hasattr(args, "overrides") or any("=" not in item or item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.run(args)
     except USER_ERRORS as error:

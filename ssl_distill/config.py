@@ -23,7 +23,9 @@ from ssl_distill.schema import check_values, choice, ranged
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-__all__ = ["Config", "ConfigError", "load_config", "validate", "from_yaml", "to_yaml", "check_data_options"]
+__all__ = [
+    "Config", "ConfigError", "load_config", "validate", "from_yaml", "read_yaml", "to_yaml", "check_data_options"
+]
 
 
 @dataclass
@@ -68,8 +70,25 @@ class TrainConfig:
     checkpoint_every: int = ranged(0, "[0, inf)")  # steps; 0 saves only at the end
     keep_checkpoints: int = ranged(2, "[0, inf)")  # 0 keeps them all
     resume: bool = True  # continue from the newest complete checkpoint in the run directory
-    progress: bool = True
+    progress: bool = True  # a tqdm bar on a terminal; else (or when false) a line every log_every steps
     tensorboard: bool = True
+    extend: bool = False  # resume with a different train.max_steps / epochs: schedules are recomputed
+
+
+@dataclass
+class MonitorConfig:
+    """Online evaluation while training (`engine/monitor.py`): weighted kNN top-1 of the exported backbone
+    (and optionally a linear probe) on held-out data, logged to metrics.csv and TensorBoard."""
+
+    every: int = 0  # steps between checks (a multiple of train.log_every); 0 turns the monitor off
+    bank_split: str = "train"
+    split: str = "val"  # the held-out queries
+    bank_limit: int | None = 2000
+    limit: int | None = 1000
+    k: int = 20
+    temperature: float = 0.07
+    linear: bool = False  # also a logistic-regression probe (scikit-learn) on the same features
+    batch_size: int = 256
 
 
 @dataclass
@@ -100,6 +119,7 @@ class Config:
     objective: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
@@ -248,6 +268,11 @@ def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
     if missing:
         raise ConfigError(f"{where}: missing required value for '{missing[0]}'")
     return cfg
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    """A config file with the files its `base:` names merged in, unvalidated (evaluation reads its `data`)."""
+    return _read_yaml(Path(path).resolve())
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -18,7 +18,6 @@ from ssl_distill.config import ConfigError, load_config
 from ssl_distill.engine import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RANDOM_INIT_SIZES = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from eval.api import evaluate, format_results
 
         out = Path(args.out) / "eval"
-        sizes = [f"model.{key}={value}" for key, value in dict(student_cfg.model).items() if key in RANDOM_INIT_SIZES]
         rows = {
             "MAE teacher": evaluate(teacher.exported, out=out / "mae_teacher"),
             "DMAE student": evaluate(student.exported, out=out / "dmae_student"),
-            "random init (student shape)": evaluate(student_cfg.model.name, overrides=sizes, out=out / "random_init"),
+            "random init (student shape)": evaluate(student.exported, overrides=["model.weights=none"], out=out / "random_init"),
         }
         print(format_results(rows))
     print(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 from ssl_distill import checkpoints as ckpt
 from ssl_distill.config import load_config
 from ssl_distill.engine import Trainer, train
+from ssl_distill.engine.run_record import signal_run
 from ssl_distill.errors import RunError
 from ssl_distill.launch.submit import submit
 
@@ -152,8 +153,8 @@ def test_submitit_local_executor_trains_survives_preemption_and_returns_its_resu
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     _wait_for_rows(run_dir, 5)
     tasks = [pid for pid in _descendants(job._process.pid) if b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert len(tasks) == 1
-    os.kill(tasks[0], signal.SIGUSR2)  # the preemption / time-limit signal SLURM would send
+    # the preemption / time-limit signal SLURM would send, to the trainer (not submitit's controller)
+    assert signal_run(run_dir) == (tasks[0], "SIGUSR2")
     result = job.result()
     assert result["steps"] == 24 and Path(result["backbone"]).is_file()
     logs = "".join(p.read_text() for p in Path(job.paths.folder).glob("*_log.*"))

@@ -1,6 +1,7 @@
 """Backbones: the factory by `model.kind` (`build_backbone`) and the one way to load them (`load_backbone`).
 
-Kinds: `vit` (any timm VisionTransformer by name) and `video_vit` (tubelet ViT); each registers with
+Kinds: `vit` (any timm VisionTransformer by name), `video_vit` (tubelet ViT) and `cnn` (any timm CNN by
+name, for objectives that do not mask tokens); each registers with
 its `Config`, the schema of the config's `model` section. A source to load is one of our training
 checkpoints (`.pt`), a run directory, an exported `.safetensors` file, or a timm model name
 (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or unexpected
@@ -9,6 +10,7 @@ keys raise instead of leaving random weights in place.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -17,24 +19,29 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from timm.models import is_model_in_modules
 from torch import nn
 
+from ssl_distill.backbones.cnn import CNN, CNNConfig
 from ssl_distill.backbones.encoder import Encoded, TokenEncoder
 from ssl_distill.backbones.video_vit import VideoViT, VideoViTConfig
 from ssl_distill.backbones.vit import ViT, ViTConfig, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
-from ssl_distill.errors import BackboneLoadError
+from ssl_distill.errors import BackboneLoadError, ConfigError
 from ssl_distill.files import atomic_path
 from ssl_distill.registry import BACKBONES
 
 BACKBONES.register("vit", config=ViTConfig)(ViT)
 BACKBONES.register("video_vit", config=VideoViTConfig)(VideoViT)
+BACKBONES.register("cnn", config=CNNConfig)(CNN)
 
 SPEC_KEY = "ssl_distill.spec"
+PREPROCESS_KEY = "ssl_distill.preprocess"  # the normalisation training used (see backbones/export.py)
 
 __all__ = [
     "BACKBONES",
     "BackboneLoadError",
+    "CNN",
     "Encoded",
     "TokenEncoder",
     "VideoViT",
@@ -52,17 +59,35 @@ def build_backbone(spec: Any, initialize: bool = True, **overrides: Any) -> nn.M
     (kind defaults to 'vit'); `overrides` replace its values (e.g. num_frames=1 for a frame encoder)."""
     spec = {**dict(spec), **overrides}
     kind = spec.pop("kind", "vit")
-    return BACKBONES.get(kind)(**spec, initialize=initialize)
+    builder = BACKBONES.get(kind)
+    unknown = sorted(set(spec) - set(inspect.signature(builder).parameters))
+    if unknown:
+        raise ConfigError(f"model.kind={kind} ({spec.get('name', kind)}) takes no {', '.join(unknown)}")
+    return builder(**spec, initialize=initialize)
+
+
+VIT_MODULES = ("vision_transformer", "vision_transformer_hybrid", "deit")
+
+
+def timm_kind(name: str) -> str:
+    """The kind that builds timm model `name`: `vit` for the VisionTransformer family, else `cnn`."""
+    return "vit" if is_model_in_modules(name, VIT_MODULES) else "cnn"
+
+
+def timm_module(backbone: nn.Module) -> nn.Module | None:
+    """The timm model inside a backbone (the bare VisionTransformer or CNN), None for a kind timm lacks."""
+    if isinstance(backbone, ViT):
+        return backbone.vit
+    return backbone.model if isinstance(backbone, CNN) else None
 
 
 def backbone_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights in timm's naming (the bare VisionTransformer for an image ViT)."""
-    module = backbone.vit if isinstance(backbone, ViT) else backbone
-    return module.state_dict()
+    """The weights in timm's naming (the bare timm model for an image ViT or a CNN)."""
+    return (timm_module(backbone) or backbone).state_dict()
 
 
 def _load_strict(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    module = backbone.vit if isinstance(backbone, ViT) else backbone
+    module = timm_module(backbone) or backbone
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise BackboneLoadError(
@@ -71,15 +96,31 @@ def _load_strict(backbone: nn.Module, state: dict[str, torch.Tensor], source: st
         )
 
 
-def export_backbone(backbone: nn.Module, path: str | Path) -> Path:
+def export_backbone(backbone: nn.Module, path: str | Path, preprocess: dict[str, Any] | None = None) -> Path:
     """Write the backbone as safetensors that timm loads from a local file (`timm.create_model(name,
     pretrained_cfg_overlay=dict(file=path), num_classes=0, **sizes)` with pretrained loading on); the
-    spec goes into the file's metadata so `load_backbone(path)` needs nothing else. Written atomically."""
+    spec (and the training normalisation, `preprocess`) go into the file's metadata so `load_backbone(path)`
+    needs nothing else. Written atomically. The timm folder layout: `backbones/export.py`."""
     path = Path(path)
     weights = {k: v.detach().contiguous() for k, v in backbone_weights(backbone).items()}
+    metadata = {SPEC_KEY: json.dumps(backbone.spec)}
+    if preprocess is not None:
+        metadata[PREPROCESS_KEY] = json.dumps(preprocess)
     with atomic_path(path) as tmp:
-        save_file(weights, str(tmp), metadata={SPEC_KEY: json.dumps(backbone.spec)})
+        save_file(weights, str(tmp), metadata=metadata)
     return path
+
+
+def _timm_folder_spec(folder: Path) -> dict[str, Any]:
+    """The spec of a timm folder (`config.json` + `model.safetensors`): ours when we wrote it, else the
+    architecture and its `model_args`."""
+    config = json.loads((folder / "config.json").read_text())
+    if "spec" in config.get("ssl_distill", {}):
+        return config["ssl_distill"]["spec"]
+    args = {k: v for k, v in config.get("model_args", {}).items() if k not in ("num_classes", "global_pool")}
+    if isinstance(args.get("img_size"), list):
+        args["img_size"] = args["img_size"][0]
+    return {"kind": timm_kind(config["architecture"]), "name": config["architecture"], **args}
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -101,6 +142,10 @@ def _looks_like_path(text: str) -> bool:
 def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) -> nn.Module:
     """Load a backbone for distillation or evaluation; `sizes` override the spec (timm names only)."""
     path = Path(source)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        backbone = build_backbone(_timm_folder_spec(path), initialize=False)
+        _load_strict(backbone, load_file(str(path / "model.safetensors")), str(path))
+        return backbone
     if path.is_dir():
         try:
             path = resolve_run_path(path)
@@ -133,7 +178,7 @@ def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) 
         _load_strict(backbone, checkpoint["backbone"], text)
         return backbone
     name = text.removeprefix("timm:")
-    backbone = build_backbone({"name": name, **sizes}, initialize=weights is None)
+    backbone = build_backbone({"kind": timm_kind(name), "name": name, **sizes}, initialize=weights is None)
     if weights is not None:
         state = load_file(weights) if weights.endswith(".safetensors") else torch.load(weights, map_location="cpu", weights_only=True)
         _load_strict(backbone, state.get("model", state) if isinstance(state, dict) else state, weights)

@@ -75,9 +75,15 @@ class ViT(TokenEncoder):
         self.timm_kwargs: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
         if name not in timm.list_models():
             raise ConfigError(f"model.name '{name}' is not a timm model{closest(name, timm.list_models('vit*'))}")
-        vit = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **self.timm_kwargs)
+        try:
+            vit = timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **self.timm_kwargs)
+        except TypeError:  # a CNN (or another family) takes no ViT sizes such as patch_size
+            vit = None
         if not isinstance(vit, VisionTransformer):
-            raise ConfigError(f"model.name '{name}' is a {type(vit).__name__}, not a timm VisionTransformer")
+            raise ConfigError(
+                f"model.name '{name}' is not a timm VisionTransformer; a CNN is model.kind=cnn (for objectives "
+                "that do not mask tokens, such as dino)"
+            )
         self.name = name
         # MAE recipe for from-scratch training: xavier init and a fixed 2-D sin-cos position embedding.
         self.encoder = MaskedVisionTransformerTIMM(

@@ -1,7 +1,8 @@
 """The run directory: created with a clear error, locked while a run uses it, and not left behind half-made.
 
-The lock is an exclusive `flock` on `<run>/.lock` (the file also names the holder: host, pid, start time).
-The operating system drops it when the process ends however it ends, so a crashed or killed run never
+The lock is an exclusive `flock` on `<run>/.lock`; the file also records the holder (pid, host, start
+time and the signals that make it checkpoint and stop, which `ssl-distill signal RUN` sends). The
+operating system drops the lock when the process ends however it ends, so a crashed or killed run never
 blocks the next one; a second run on the same directory while the first is alive stops with one line.
 """
 
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
+import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ssl_distill.checkpoints import list_checkpoints
 from ssl_distill.errors import ConfigError, RunError
@@ -43,21 +47,26 @@ class RunLock:
         self.path = run_dir / LOCK_NAME
         self._handle = None
 
-    def acquire(self) -> None:
+    def acquire(self, signals: Sequence[int] = ()) -> None:
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = describe(read_holder(self.path))
             handle.close()
             raise RunError(
                 f"run directory {self.path.parent} is in use by {holder}; wait for that run to end or choose "
                 "another run.name"
             ) from None
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "signals": [signal.Signals(s).name for s in signals],
+        }
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.write(json.dumps(record) + "\n")
         handle.flush()
         self._handle = handle
 
@@ -68,16 +77,39 @@ class RunLock:
             self._handle = None
 
 
+def read_holder(path: Path) -> dict[str, Any] | None:
+    """The record a lock file holds, or None when no process holds the lock now (or there is no file)."""
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: the record is the holder's
+            try:
+                return json.loads(handle.read() or "{}")
+            except ValueError:
+                return {}
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
+def describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another process"
+    return f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+
+
 @contextlib.contextmanager
-def run_directory(run_dir: Path, main: bool = True) -> Iterator[None]:
-    """Create and lock `run_dir` (the main rank only) for the block. If the block fails before the run
-    wrote any checkpoint or metrics row in a directory it created, the directory is removed again."""
+def run_directory(run_dir: Path, main: bool = True, signals: Sequence[int] = ()) -> Iterator[None]:
+    """Create and lock `run_dir` (the main rank only) for the block, recording the stop `signals`. If the
+    block fails before the run wrote any checkpoint or metrics row in a directory it created, the directory
+    is removed again."""
     if not main:
         yield
         return
     created = create_run_dir(run_dir)
     lock = RunLock(run_dir)
-    lock.acquire()
+    lock.acquire(signals)
     try:
         yield
     except BaseException:

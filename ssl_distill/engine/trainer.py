@@ -24,14 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from ssl_distill import checkpoints as ckpt
-from ssl_distill.backbones import backbone_weights, export_backbone
+from ssl_distill.backbones import backbone_weights
+from ssl_distill.backbones.export import export_run
 from ssl_distill.config import config_changes, from_yaml, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
+from ssl_distill.engine import run_record
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
 from ssl_distill.engine.logger import MetricsLogger
+from ssl_distill.engine.monitor import Monitor
+from ssl_distill.engine.progress import Progress, summarize
 from ssl_distill.engine.rundir import run_directory
 from ssl_distill.errors import ConfigError, RunError
 from ssl_distill.files import write_text_atomic
@@ -101,15 +104,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _means(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Per key, the mean over the rows that have it."""
-    columns: dict[str, list[float]] = {}
-    for row in rows:
-        for key, value in row.items():
-            columns.setdefault(key, []).append(value)
-    return {key: sum(values) / len(values) for key, values in columns.items()}
-
-
 class Trainer:
     """`Trainer(cfg).fit()` trains `cfg.objective` on `cfg.data` into `run.out_dir/run.name`."""
 
@@ -158,10 +152,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
         self.step = 0
         self.stop_requested_at: float | None = None
+        self.stop_signals: tuple[int, ...] = ()
         self.saved_step: int | None = None
         self.skipped_samples = 0
         self.unread: list[tuple[int, dict[str, torch.Tensor | float]]] = []  # (step, logs) still on the device
         self.read: list[dict[str, float]] = []  # logs of read steps, not yet taken by `fit`
+        self.monitor = Monitor(cfg, self.device) if cfg.monitor.every and self.is_main else None
 
     # -- state ---------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -228,11 +224,13 @@ class Trainer:
             self.request_stop()
 
         previous = {s: signal.signal(s, handler) for s in signums}
+        self.stop_signals = signums  # recorded in the run's lock for `ssl-distill signal RUN`
         try:
             yield
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self.stop_signals = ()
 
     def maybe_resume(self) -> Path | None:
         if not self.cfg.train.resume:
@@ -241,9 +239,12 @@ class Trainer:
         if found is None:
             return None
         path, state = found
-        changed = config_changes(from_yaml(state["config"]), self.cfg)
+        old = from_yaml(state["config"])
+        run_record.check_schedule_length(old, self.cfg, self.steps_per_epoch, path)
+        changed = config_changes(old, self.cfg)
         if changed and self.is_main:
             warnings.warn(f"resuming {path} with a changed config: {'; '.join(changed)}", stacklevel=2)
+            run_record.archive_config(self.run_dir, int(state["step"]))
         self.load_state(state)
         return path
 
@@ -335,7 +336,7 @@ class Trainer:
         """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would).
 
         The run directory is locked for the duration (a second run on it stops with RunError)."""
-        with run_directory(self.run_dir, self.is_main):
+        with run_directory(self.run_dir, self.is_main, self.stop_signals):
             return self._fit(stop_at)
 
     def _fit(self, stop_at: int | None) -> TrainResult:
@@ -346,26 +347,34 @@ class Trainer:
             write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))
         logger = MetricsLogger(self.run_dir, self.step, cfg.train.tensorboard, enabled=self.is_main)
         result = TrainResult(self.run_dir, resumed, None, start_step=self.step)
-        if resumed and self.is_main:
-            tqdm.write(f"resumed from {resumed} at step {self.step}")
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.train.progress and self.is_main), dynamic_ncols=True)
+        progress = Progress(self.max_steps, self.step, cfg.train.progress, self.is_main)
+        if resumed:
+            progress.write(f"resumed from {resumed} at step {self.step}")
+        if self.monitor is not None and self.step == 0:  # the random-init reference in the same log
+            checked = self.monitor(self.objective.backbone)
+            logger.log(0, checked)
+            progress.write(self.monitor.describe(0, checked))
         images_per_step = cfg.data.batch_size * self.world_size
         self.unread, self.read = [], []
-        tic = time.perf_counter()
+        tic = session_start = time.perf_counter()
         try:
             with contextlib.closing(self._batches()) as batches:
                 while self.step < last_step:
                     self.train_step(next(batches))
-                    bar.update(1)
+                    progress.update()
                     if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
                         window = self._take_read()
                         result.losses += [row["loss"] for row in window]
                         elapsed = time.perf_counter() - tic
-                        means = _means(window)
+                        means = summarize(window)  # loss terms averaged over the window, schedules at the step
                         means["images_per_s"] = images_per_step * len(window) / max(elapsed, 1e-9)
                         means["epoch"] = self.step / self.steps_per_epoch
+                        if self.monitor is not None and (self.monitor.due(self.step) or self.step == self.max_steps):
+                            checked = self.monitor(self.objective.backbone)
+                            means.update(checked)
+                            progress.write(self.monitor.describe(self.step, checked))
                         logger.log(self.step, means)
-                        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{window[-1]['lr']:.2e}", img_s=f"{means['images_per_s']:.0f}")
+                        progress.log(self.step, means)
                         tic = time.perf_counter()
                     if any_rank(self.stop_requested_at is not None, self.device):
                         self.request_stop()  # ranks that got no signal stop too
@@ -375,14 +384,20 @@ class Trainer:
                         self.save_checkpoint()
             result.losses += [row["loss"] for row in self._take_read()]
         finally:
-            bar.close()
+            progress.close()
             logger.close()
+            if self.is_main and self.step > result.start_step:
+                seconds = time.perf_counter() - session_start
+                images = (self.step - result.start_step) * images_per_step
+                run_record.record_session(
+                    self.run_dir, result.start_step, self.step, seconds, images, device=str(self.device), world_size=self.world_size
+                )
         result.steps = self.step
         if self.saved_step != self.step:
             self.save_checkpoint()
         result.checkpoint = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.is_main and self.step == self.max_steps:
-            result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
+            result.exported = export_run(self.objective.backbone, self.run_dir, cfg)
         return result
 
 

@@ -37,12 +37,14 @@ class DINO(SelfDistillationObjective):
 
     Config = DINOConfig
     default_transform = {"name": "multicrop"}
+    model_kinds = frozenset({"vit", "cnn"})
 
     def __init__(self, cfg: DictConfig, max_steps: int) -> None:
         super().__init__(cfg, max_steps)
-        self.student = build_backbone(cfg.model, dynamic_img_size=True)
+        vit = cfg.model.kind == "vit"  # a ViT takes the small local crops through dynamic sizes; a CNN takes any size
+        self.student = build_backbone(cfg.model, **({"dynamic_img_size": True} if vit else {}))
         self.student_head = self.dino_head(self.student.embed_dim)
-        self.teacher = self.ema.copy(self.student)
+        self.teacher = self.ema.copy(self.student, running_stats=True)  # a CNN's BatchNorm statistics
         self.teacher_head = self.ema.copy(self.student_head)
         self.center = self.centering()
         self.criterion = SelfDistillationLoss(cfg.objective.student_temp, skip_same_view=True)

@@ -1,13 +1,14 @@
 from eval.api import evaluate, format_results
 from eval.config import load_eval_config
 
-TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.weights=none"]
 
 
 def test_evaluate_returns_the_benchmark_numbers(tmp_path):
     settings = [*TINY, "data.limit=500", f"run.cache_dir={tmp_path}", "segment.epochs=1"]
     scores = evaluate("vit_tiny_patch16_224", overrides=settings, out=tmp_path / "results")
-    assert set(scores) == {"knn_top1", "linear_top1", "segment_miou", "seconds"}
+    assert set(scores) == {"knn_top1", "knn_n", "linear_top1", "linear_n", "segment_miou", "segment_n", "seconds"}
+    assert scores["knn_n"] == scores["linear_n"] == scores["segment_n"] == 500  # data.limit
     # even a random ViT's features beat chance (0.1) on digits by far; a shifted label map or broken
     # features would not (measured: kNN 0.34-0.41 over three init seeds, linear 0.46)
     assert scores["knn_top1"] > 0.2 and scores["linear_top1"] > 0.25

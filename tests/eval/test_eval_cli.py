@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from eval.cli import main
+from eval.report import training_columns
 
-TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.weights=none"]
 
 
 def _args(tmp_path, *extra):
@@ -70,19 +71,25 @@ def test_segment_then_report_with_training_curves(tmp_path):
         )
         == 0
     )
-    pd.DataFrame({"step": [1, 2, 3], "loss": [2.0, 1.5, 1.2], "loss_dino": [1.0, 0.8, 0.7]}).to_csv(
-        run_dir / "metrics.csv", index=False
-    )
+    logged = {"step": [0, 1, 2, 3], "loss": [None, 2.0, 1.5, 1.2], "dino": [None, 1.0, 0.8, 0.7]}
+    logged |= {"lr": [None, 1e-3, 2e-3, 3e-3], "momentum": [None, 0.99, 0.995, 1.0], "teacher_temp": [None, 0.04] * 2}
+    logged |= {"grad_norm": [None, 3.0, 2.0, 1.0], "skipped_samples": [None, 0, 0, 1], "epoch": [0.0, 0.1, 0.2, 0.3]}
+    logged |= {"monitor/knn_top1": [0.2, None, None, 0.4], "unused": [None] * 4}
+    table = pd.DataFrame(logged)
+    table.to_csv(run_dir / "metrics.csv", index=False)
+    (run_dir / "run_stats.json").write_text('{"steps": 3, "train_seconds": 1.5, "images": 96, "images_per_s": 64.0}')
+    assert training_columns(table) == [c for c in logged if c not in ("step", "epoch", "unused")]
     assert main(["report", str(run_dir)]) == 0
     page = (run_dir / "report" / "report.html").read_text()
     markdown = (run_dir / "report" / "report.md").read_text()
     assert "segment" in markdown and "knn" in markdown and "<table>" in page
+    assert "| 3     | 1.5000        | 96     | 64.0000      |" in markdown  # the run's wall time and images/s
     figures = {p.name for p in (run_dir / "report" / "figures").iterdir()}
     assert {
-        "losses.png",
-        "segment-shapes.overlays.png",
-        "knn-shapes.projection.png",
-        "knn-shapes.confusion.png",
+        "training-run.png",
+        "eval_segment-shapes.overlays.png",
+        "eval_knn-shapes.projection.png",
+        "eval_knn-shapes.confusion.png",
     } <= figures
     assert all(f"figures/{name}" in page for name in figures)
 

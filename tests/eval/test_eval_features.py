@@ -5,7 +5,7 @@ from eval.config import load_eval_config
 from eval.store import FeatureStore
 from ssl_distill.backbones import export_backbone, load_backbone
 
-TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+TINY = ["model.img_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.weights=none"]
 
 
 def _settings(tmp_path, *extra):
@@ -70,9 +70,9 @@ def test_rewritten_backbone_file_invalidates_the_cache(tmp_path, monkeypatch):
     sizes = dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     path = tmp_path / "backbone.safetensors"
     export_backbone(load_backbone("vit_tiny_patch16_224", **sizes), path)
-    before = FeatureStore(path, _settings(tmp_path)).features("val", "cls")
-    assert torch.equal(FeatureStore(path, _settings(tmp_path)).features("val", "cls").feats, before.feats)
+    before = FeatureStore(path, _settings(tmp_path, "model.weights=null")).features("val", "cls")
+    assert torch.equal(FeatureStore(path, _settings(tmp_path, "model.weights=null")).features("val", "cls").feats, before.feats)
     export_backbone(load_backbone("vit_tiny_patch16_224", **sizes), path)  # new random weights, same path
-    after = FeatureStore(path, _settings(tmp_path)).features("val", "cls")
+    after = FeatureStore(path, _settings(tmp_path, "model.weights=null")).features("val", "cls")
     assert len(calls) == 2
     assert not torch.allclose(after.feats, before.feats)

@@ -19,6 +19,8 @@ ALLOWED = (
     "ssl_distill.runtime",
     "ssl_distill.schema",
     "ssl_distill.launch.executors",
+    "ssl_distill.knn",  # the one weighted-kNN vote, shared with the training monitor
+    "ssl_distill.checkpoints",
 )
 FORBIDDEN = ("ssl_distill.objectives", "ssl_distill.engine")
 

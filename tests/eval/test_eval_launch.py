@@ -8,7 +8,7 @@ import pytest
 
 from eval.cli import main
 
-TINY = ["model.img_size=32", "model.patch_size=4", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+TINY = ["model.img_size=32", "model.patch_size=4", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.weights=none"]
 
 
 @pytest.mark.slow
