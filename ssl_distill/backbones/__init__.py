@@ -1,7 +1,8 @@
 """Backbones: the factory by `model.kind` (`build_backbone`) and the one way to load them (`load_backbone`).
 
-Kinds: `vit` (any timm VisionTransformer by name) and `video_vit` (tubelet ViT); each registers with
-its `Config`, the schema of the config's `model` section. A source to load is one of our training
+Kinds: `vit` (any timm VisionTransformer by name), `video_vit` (tubelet ViT), `text` (a text tower with
+its tokenizer), `conv_vae` (a convolutional VAE encoder over aligned views) and `mrdd` (MRDD's exported
+encoders); each registers with its `Config`, the schema of the config's `model` section. A source to load is one of our training
 checkpoints (`.pt`), a run directory, an exported `.safetensors` file, or a timm model name
 (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or unexpected
 keys raise instead of leaving random weights in place.
@@ -18,7 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ssl_distill.backbones.conv_vae import ConvVAEConfig, ConvVAEEncoder, MRDDEncoder
 from ssl_distill.backbones.encoder import Encoded, TokenEncoder
+from ssl_distill.backbones.text import TextConfig, TextTransformer
 from ssl_distill.backbones.video_vit import VideoViT, VideoViTConfig
 from ssl_distill.backbones.vit import ViT, ViTConfig, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
@@ -28,6 +31,9 @@ from ssl_distill.registry import BACKBONES
 
 BACKBONES.register("vit", config=ViTConfig)(ViT)
 BACKBONES.register("video_vit", config=VideoViTConfig)(VideoViT)
+BACKBONES.register("text", config=TextConfig)(TextTransformer)
+BACKBONES.register("conv_vae", config=ConvVAEConfig)(ConvVAEEncoder)
+BACKBONES.register("mrdd")(MRDDEncoder)  # exported by MRDD (see conv_vae.py); built from specs only
 
 SPEC_KEY = "ssl_distill.spec"
 

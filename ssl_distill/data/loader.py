@@ -32,12 +32,14 @@ def seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
 
 
 class ViewDataset(Dataset):
-    """Source + view transform -> {'views': [view tensors], 'label', 'index'[, 'mask']}."""
+    """Source + view transform -> {'views': [view tensors], 'label', 'index'[, 'mask']}, plus the per-item
+    keys a source adds through `extras(index)` and declares in `extra_keys` (captions of image-text sources)."""
 
     provides = frozenset({"views", "label", "index"})
 
     def __init__(self, source: Dataset, transform: Callable) -> None:
         self.source, self.transform = source, transform
+        self.provides = ViewDataset.provides | frozenset(getattr(source, "extra_keys", ()))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -48,6 +50,8 @@ class ViewDataset(Dataset):
         item = {"views": seeded_call(seed, lambda: self.transform(sample.image)), "label": sample.label, "index": index}
         if sample.mask is not None:
             item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
+        if hasattr(self.source, "extras"):
+            item.update(seeded_call(seed + 1, lambda: self.source.extras(index)))
         return item
 
 

@@ -287,6 +287,8 @@ class Trainer:
         result.checkpoint = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.is_main and self.step == self.max_steps:
             result.exported = export_backbone(self.objective.backbone, self.run_dir / "backbone.safetensors")
+            for name, module in self.objective.extra_exports().items():
+                export_backbone(module, self.run_dir / name)
         return result
 
 
