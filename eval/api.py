@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from torch import nn
 
-from eval import anomaly, features, knn, linear, retrieve, segment
+from eval import anomaly, cluster, features, knn, linear, retrieve, segment, text_retrieve, zeroshot
 from eval.config import load_eval_config
 from eval.results import Result, format_table, write_result
 from eval.store import FeatureStore, is_file_source
@@ -30,8 +30,11 @@ PROTOCOLS: dict[str, Callable[..., Result]] = {
     "segment": segment.run,
     "retrieve": retrieve.run,
     "anomaly": anomaly.run,
+    "cluster": cluster.run,
+    "zeroshot": zeroshot.run,
+    "text_retrieve": text_retrieve.run,
 }
-DEFAULT_DATA = {"segment": "shapes"}
+DEFAULT_DATA = {"segment": "shapes", "zeroshot": "shapes_text", "text_retrieve": "shapes_text"}
 
 # protocol -> (dataset, settings, metric, name in the returned dict)
 BENCHMARK = {

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eval.extract import Adapter, Features, adapter_for, extract_features
+from eval.multiview import REPRESENTATIONS, extract_representation, multiview_adapter
 from ssl_distill.backbones import load_backbone
 from ssl_distill.data import build_source, seeded_call
 from ssl_distill.data.bundled import cache_dir
@@ -187,12 +188,15 @@ class FeatureStore:
         source = self.source(split)
         data = self.cfg.data
         img_size = data.img_size or self.backbone.spec.get("img_size")
-        adapter = adapter_for(source, img_size, list(data.mean), list(data.std))
+        adapter = multiview_adapter(source) or adapter_for(source, img_size, list(data.mean), list(data.std))
+        if pooling not in REPRESENTATIONS and adapter.key["kind"] == "multiview":
+            raise ValueError(f"dataset '{data.name}' has aligned views: set pooling to a named representation {REPRESENTATIONS}")
         key = self.key(split, adapter, pooling)
         if self.cfg.run.cache and (cached := self.cache.load(key)) is not None:
             self.used[f"{split}/{pooling}"] = str(self.cache.path(key))
             return cached
-        features = extract_features(
+        extract = extract_representation if pooling in REPRESENTATIONS else extract_features
+        features = extract(
             self.backbone,
             source,
             adapter,
