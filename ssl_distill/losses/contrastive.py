@@ -3,6 +3,7 @@ it once per caption stream (Maninis et al., ICLR 2025, eq. 1; no projection head
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
@@ -22,5 +23,6 @@ class ImageTextContrastiveLoss(nn.Module):
         self.clip = ClipLoss(local_loss=False, gather_with_grad=world > 1, rank=rank, world_size=world)
 
     def forward(self, image: Tensor, text: Tensor, temperature: Tensor | float) -> Tensor:
-        image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+        dtype = torch.promote_types(image.dtype, torch.float32)  # float32 at least (autocast), float64 kept
+        image, text = F.normalize(image.to(dtype), dim=-1), F.normalize(text.to(dtype), dim=-1)
         return self.clip(image, text, 1.0 / temperature)

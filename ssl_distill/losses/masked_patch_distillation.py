@@ -31,7 +31,9 @@ class MaskedPatchDistillationLoss(nn.Module):
                 f"teacher {tuple(teacher_probs.shape)} and student {tuple(student_logits.shape)} must both hold "
                 f"the {int(mask.sum())} masked patches"
             )
-        per_token = -(teacher_probs.detach() * F.log_softmax(student_logits.float() / self.student_temp, dim=-1)).sum(-1)
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        log_students = F.log_softmax(student_logits.to(dtype) / self.student_temp, dim=-1)
+        per_token = -(teacher_probs.detach().to(dtype) * log_students).sum(-1)
         counts = mask.sum(dim=1)  # (B,)
         image = torch.arange(len(mask), device=mask.device)[:, None].expand_as(mask)[mask]  # (M,) image of each patch
         per_image = torch.zeros(len(mask), dtype=per_token.dtype, device=per_token.device).index_add_(0, image, per_token)
