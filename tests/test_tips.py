@@ -137,7 +137,7 @@ def test_tiny_tips_run_learns_exports_both_towers_and_evaluates(tmp_path):
     overrides = ["data.limit=40", "run.progress=false", "run.cache=false"]
     zeroshot, _ = run_protocol("zeroshot", str(result.run_dir / "backbone.safetensors"), "shapes_text", overrides, write=False)
     assert zeroshot.rows[0]["n"] == 40 and 0.0 <= zeroshot.metrics["top1"] <= 1.0
-    retrieval, _ = run_protocol("text_retrieve", str(result.run_dir), "shapes_text",
+    retrieval, _ = run_protocol("text_retrieve", str(result.run_dir / "backbone.safetensors"), "shapes_text",
                                 [*overrides, "text_retrieve.caption=synthetic", "text_retrieve.pooling=cls2"], write=False)
     assert retrieval.rows[0]["n"] == 40
 
