@@ -68,9 +68,7 @@ def extract_representation(
     desc: str = "features",
 ) -> Features:
     """The representation named `pooling` of every item (N, D); images or multi-view items."""
-    available = getattr(backbone, "representation_names", None) or (
-        ("cls2",) if getattr(backbone, "num_prefix_tokens", 1) >= 2 else ()
-    )
+    available = getattr(backbone, "representation_names", ())
     if pooling not in available:
         raise ValueError(
             f"pooling '{pooling}': the backbone ({backbone.spec.get('kind', type(backbone).__name__)}) gives "

@@ -142,6 +142,10 @@ class ViT(TokenEncoder):
             mask = torch.cat([prefix, patch_mask.bool()], dim=1)
         return self.vit.norm_pre(self.encoder.preprocess(images, idx_keep=idx_keep, mask=mask))
 
+    @property
+    def representation_names(self) -> tuple[str, ...]:
+        return ("cls2",) if self.num_prefix_tokens >= 2 else ()
+
     def representations(self, images: Tensor) -> dict[str, Tensor]:
         """Named (B, D) features beyond `features`: 'cls2', the second prefix token (TIPS's second class
         token), when the ViT has one."""
