@@ -152,3 +152,9 @@ def test_tips_needs_an_image_text_dataset(tmp_path):
     cfg.data.name, cfg.data.options = "shapes", OmegaConf.create({})  # what validation gives for `shapes`
     with pytest.raises(ConfigError, match="image-text"):
         TIPS(cfg, 4)
+
+
+@pytest.mark.parametrize("config", sorted(p.relative_to(CONFIGS).as_posix() for d in ("tips", "mrdd") for p in (CONFIGS / d).glob("*.yaml")))
+def test_every_tips_and_mrdd_config_validates(config):
+    cfg = load_config(CONFIGS / config)
+    assert cfg.objective.name in ("tips", "mrdd")
