@@ -100,6 +100,8 @@ def test_two_class_token_vit_shapes_and_mask_token():
     cls, patches = backbone.features(images)
     assert cls.shape == (2, 32) and patches.shape == (2, 64, 32)
     assert torch.equal(backbone.representations(images)["cls2"], tokens[:, 1])
+    keep = torch.tensor([[0, 1, 2, 9]] * 2)  # idx_keep: the prefix tokens first, then patches 0 and 7
+    assert torch.equal(backbone.embed(images, keep), backbone.embed(images)[:, [0, 1, 2, 9]])
     embedded = backbone.embed(images, patch_mask=torch.ones(2, 64, dtype=torch.bool))
     before_positions = embedded[:, 2:] - backbone.vit.pos_embed[:, 2:]
     assert torch.allclose(before_positions, backbone.encoder.mask_token.expand(2, 64, -1), atol=1e-6)
