@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from eval.extract import Adapter, Features, Item
+from eval.extract import Adapter, Features, Item, _Adapted
 
 REPRESENTATIONS = ("cls2", "consistent", "specific", "combined")
 
@@ -35,17 +35,6 @@ def multiview_adapter(source: Dataset) -> MultiViewAdapter | None:
     """The adapter for a dataset of aligned views (its items name their views), else None."""
     first = source[0]
     return MultiViewAdapter() if isinstance(first, dict) and "view_names" in first else None
-
-
-class _Adapted(Dataset):
-    def __init__(self, source: Dataset, adapter: Adapter) -> None:
-        self.source, self.adapter = source, adapter
-
-    def __len__(self) -> int:
-        return len(self.source)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Item:
-        return self.adapter(self.source[index])
 
 
 def _collate(items: list[Item]) -> tuple[Tensor | list[Tensor], Tensor]:

@@ -125,7 +125,8 @@ class ConvDecoder(nn.Module):
 
 class ConvVAEEncoder(nn.Module):
     """V views (each (B, C, H, W)) -> one shared ConvEncoder each -> concatenated -> Linear -> (mu, logvar),
-    each (B, latent_dim)."""
+    each (B, latent_dim). PyTorch's default initialisation, as the official code (`initialize` is the
+    factory's flag; loading overwrites every weight anyway)."""
 
     kind = "conv_vae"
 
