@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from eval import anomaly, features, knn, linear, retrieve, segment
+from eval import anomaly, cluster, features, knn, linear, retrieve, segment, text_retrieve, zeroshot
 from eval.baselines import PIXELS, RawPixels
 from eval.config import load_eval_config
 from eval.results import Result, format_table, write_result
@@ -32,8 +32,11 @@ PROTOCOLS: dict[str, Callable[..., Result]] = {
     "segment": segment.run,
     "retrieve": retrieve.run,
     "anomaly": anomaly.run,
+    "cluster": cluster.run,
+    "zeroshot": zeroshot.run,
+    "text_retrieve": text_retrieve.run,
 }
-DEFAULT_DATA = {"segment": "shapes"}
+DEFAULT_DATA = {"segment": "shapes", "zeroshot": "shapes_text", "text_retrieve": "shapes_text"}
 
 # protocol -> (dataset, settings, metric, name in the returned dict)
 BENCHMARK = {

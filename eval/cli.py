@@ -30,6 +30,9 @@ HELP = {
     "segment": "linear segmentation head on frozen patch tokens: mIoU and Dice",
     "retrieve": "retrieval against a gallery: recall@k and mAP",
     "anomaly": "kNN-distance anomaly AUROC, or DISCOVR zero-shot kNN (anomaly.method=zero_shot)",
+    "cluster": "k-means on frozen features: accuracy (Hungarian), NMI, ARI (e.g. cluster.pooling=consistent)",
+    "zeroshot": "zero-shot classification with the run's text tower (prompt ensembles over class names)",
+    "text_retrieve": "image<->text retrieval recall@k with the run's text tower",
 }
 
 

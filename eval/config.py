@@ -18,7 +18,7 @@ from ssl_distill.config import SlurmConfig, check_data_options, merge_checked, r
 from ssl_distill.errors import ConfigError
 from ssl_distill.schema import check_values, ranged
 
-POOLINGS = ("cls", "mean", "cls_mean", "patch")
+POOLINGS = ("cls", "mean", "cls_mean", "patch", "cls2", "consistent", "specific", "combined")  # the last four: named representations (eval/multiview.py)
 
 
 class EvalConfigError(ValueError):
@@ -148,6 +148,36 @@ class AnomalyConfig:
 
 
 @dataclass
+class ClusterConfig:
+    split: str = "val"  # the held-out split (MRDD's release scores its train split)
+    pooling: str = "cls"
+    runs: int = 10
+    n_init: int = 10
+    seed: int = 0
+    normalize: bool = False  # L2-normalise features before k-means
+
+
+ZERO_SHOT_TEMPLATES = ["a photo of a {}", "a {}", "a {} shape", "an image of a {}", "a drawing of a {}"]
+
+
+@dataclass
+class ZeroShotConfig:
+    split: str = "val"
+    pooling: str = "cls"  # TIPS: cls (CLS-1) as the official zero-shot demo; cls2 for the second class token
+    text: str | None = None  # the text tower; None: text.safetensors next to the backbone
+    templates: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TEMPLATES))
+
+
+@dataclass
+class TextRetrieveConfig:
+    split: str = "val"
+    pooling: str = "cls"
+    caption: str | None = None  # the caption stream; None: the dataset's first
+    text: str | None = None  # the text tower; None: text.safetensors next to the backbone
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
 class ReportConfig:
     projection: str = "auto"  # auto (t-SNE up to tsne_max points, else PCA) | pca | tsne
     tsne_max: int = 1000
@@ -165,6 +195,9 @@ class EvalConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    text_retrieve: TextRetrieveConfig = field(default_factory=TextRetrieveConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # for --slurm / --local launches
 
@@ -217,7 +250,7 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
     # only the options given are kept: the others come from the backbone (clip shape) or the dataset's defaults
     merged.data.options = OmegaConf.create({key: checked[key] for key in given})
-    for section in ("features", "knn", "linear", "retrieve", "anomaly"):
+    for section in ("features", "knn", "linear", "retrieve", "anomaly", "cluster", "zeroshot", "text_retrieve"):
         if merged[section].pooling not in POOLINGS:
             raise EvalConfigError(
                 f"{section}.pooling must be one of {POOLINGS}, got '{merged[section].pooling}'"

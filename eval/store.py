@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, Subset
 from eval.baselines import PIXELS, RawPixels
 from eval.config import RANDOM_WEIGHTS
 from eval.extract import Adapter, Features, adapter_for, extract_features
+from eval.multiview import REPRESENTATIONS, extract_representation, multiview_adapter
 from ssl_distill.backbones import build_backbone, load_backbone
 from ssl_distill.backbones.export import read_preprocess
 from ssl_distill.checkpoints import resolve_run_path
@@ -305,7 +306,9 @@ class FeatureStore:
         source = self.source(split)
         data = self.cfg.data
         img_size = data.img_size or self.backbone.spec.get("img_size")
-        adapter = adapter_for(source, img_size, *self.normalization)
+        adapter = multiview_adapter(source) or adapter_for(source, img_size, *self.normalization)
+        if pooling not in REPRESENTATIONS and adapter.key["kind"] == "multiview":
+            raise ValueError(f"dataset '{data.name}' has aligned views: set pooling to a named representation {REPRESENTATIONS}")
         key = self.key(split, adapter, pooling)
         self.sizes[split] = len(source)
         self._check_size(split, len(source))
@@ -314,7 +317,8 @@ class FeatureStore:
             hit = self.cache.path(key).stem
             self.say(f"features {data.name}/{split} ({pooling}, {len(cached)} samples): cache hit ({hit})")
             return self._aligned(cached)
-        features = extract_features(
+        extract = extract_representation if pooling in REPRESENTATIONS else extract_features
+        features = extract(
             self.backbone,
             source,
             adapter,

@@ -1,7 +1,8 @@
 """Backbones: the factory by `model.kind` (`build_backbone`) and the one way to load them (`load_backbone`).
 
-Kinds: `vit` (any timm VisionTransformer by name), `video_vit` (tubelet ViT) and `cnn` (any timm CNN by
-name, for objectives that do not mask tokens); each registers with
+Kinds: `vit` (any timm VisionTransformer by name), `video_vit` (tubelet ViT), `cnn` (any timm CNN by
+name, for objectives that do not mask tokens), `text` (a text tower with its tokenizer), `conv_vae` (a
+convolutional VAE encoder over aligned views) and `mrdd` (MRDD's exported encoders); each registers with
 its `Config`, the schema of the config's `model` section. A source to load is one of our training
 checkpoints (`.pt`), a run directory, an exported `.safetensors` file, or a timm model name
 (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or unexpected
@@ -23,7 +24,9 @@ from timm.models import is_model_in_modules
 from torch import nn
 
 from ssl_distill.backbones.cnn import CNN, CNNConfig
+from ssl_distill.backbones.conv_vae import ConvVAEConfig, ConvVAEEncoder, MRDDEncoder
 from ssl_distill.backbones.encoder import Encoded, TokenEncoder
+from ssl_distill.backbones.text import TextConfig, TextTransformer
 from ssl_distill.backbones.video_vit import VideoViT, VideoViTConfig
 from ssl_distill.backbones.vit import ViT, ViTConfig, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
@@ -34,6 +37,9 @@ from ssl_distill.registry import BACKBONES
 BACKBONES.register("vit", config=ViTConfig)(ViT)
 BACKBONES.register("video_vit", config=VideoViTConfig)(VideoViT)
 BACKBONES.register("cnn", config=CNNConfig)(CNN)
+BACKBONES.register("text", config=TextConfig)(TextTransformer)
+BACKBONES.register("conv_vae", config=ConvVAEConfig)(ConvVAEEncoder)
+BACKBONES.register("mrdd")(MRDDEncoder)  # exported by MRDD (see conv_vae.py); built from specs only
 
 SPEC_KEY = "ssl_distill.spec"
 PREPROCESS_KEY = "ssl_distill.preprocess"  # the normalisation training used (see backbones/export.py)

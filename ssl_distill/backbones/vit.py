@@ -59,6 +59,7 @@ class ViT(TokenEncoder):
         in_chans: int | None = None,
         drop_path_rate: float = 0.0,
         dynamic_img_size: bool = False,
+        reg_tokens: int | None = None,
         initialize: bool = True,
     ) -> None:
         super().__init__()
@@ -71,6 +72,7 @@ class ViT(TokenEncoder):
             mlp_ratio=mlp_ratio,
             in_chans=in_chans,
             dynamic_img_size=dynamic_img_size or None,
+            reg_tokens=reg_tokens or None,  # timm's register tokens: prefix tokens after the class token
         )
         self.timm_kwargs: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
         if name not in timm.list_models():
@@ -106,6 +108,11 @@ class ViT(TokenEncoder):
         return int(self.vit.embed_dim)
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """The class token plus any register tokens (TIPS's second class token is timm's register)."""
+        return int(self.vit.num_prefix_tokens)
+
+    @property
     def patch_size(self) -> int:
         return int(self.vit.patch_embed.patch_size[0])
 
@@ -132,9 +139,26 @@ class ViT(TokenEncoder):
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.vit.{name}" for name in self.vit.no_weight_decay()} | {"encoder.mask_token"}
 
-    def embed(self, images: Tensor, idx_keep: Tensor | None = None) -> Tensor:
-        """(B, C, H, W) -> (B, 1 + K, D) tokens with positions; only `idx_keep` tokens when given."""
-        return self.vit.norm_pre(self.encoder.preprocess(images, idx_keep=idx_keep))
+    def embed(self, images: Tensor, idx_keep: Tensor | None = None, patch_mask: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) -> (B, P + K, D) tokens with positions, P prefix tokens first; only `idx_keep` tokens
+        when given. `patch_mask` (B, L) bool replaces those patches by the mask token before the positions
+        are added (iBOT; the mask token is trainable only where an objective makes it so)."""
+        mask = None
+        if patch_mask is not None:
+            prefix = patch_mask.new_zeros(patch_mask.shape[0], self.num_prefix_tokens)
+            mask = torch.cat([prefix, patch_mask.bool()], dim=1)
+        return self.vit.norm_pre(self.encoder.preprocess(images, idx_keep=idx_keep, mask=mask))
+
+    @property
+    def representation_names(self) -> tuple[str, ...]:
+        return ("cls2",) if self.num_prefix_tokens >= 2 else ()
+
+    def representations(self, images: Tensor) -> dict[str, Tensor]:
+        """Named (B, D) features beyond `features`: 'cls2', the second prefix token (TIPS's second class
+        token), when the ViT has one."""
+        if self.num_prefix_tokens < 2:
+            return {}
+        return {"cls2": self.forward_features(images)[:, 1]}
 
     def transformer_blocks(self) -> nn.Sequential:
         return self.vit.blocks

@@ -76,12 +76,15 @@ class SeededDataset(Dataset):
 
 
 class ViewDataset(SeededDataset):
-    """Source + view transform -> {'views': [view tensors], 'label', 'index', 'skipped'[, 'mask']}."""
+    """Source + view transform -> {'views': [view tensors], 'label', 'index', 'skipped'[, 'mask']}, plus the
+    per-item keys a source adds through `extras(index)` and declares in `extra_keys` (captions of image-text
+    sources)."""
 
     provides = frozenset({"views", "label", "index", "skipped"})
 
     def __init__(self, source: Dataset, transform: Callable) -> None:
         self.source, self.transform = source, transform
+        self.provides = ViewDataset.provides | frozenset(getattr(source, "extra_keys", ()))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -91,6 +94,8 @@ class ViewDataset(SeededDataset):
         item = {"views": self.transform(sample.image), "label": sample.label, "index": index, "skipped": sample.skipped}
         if sample.mask is not None:
             item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
+        if hasattr(self.source, "extras"):
+            item.update(self.source.extras(index))  # under the item's seed, after the views
         return item
 
 

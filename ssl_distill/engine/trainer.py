@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 
 from ssl_distill import checkpoints as ckpt
-from ssl_distill.backbones import backbone_weights
+from ssl_distill.backbones import backbone_weights, export_backbone
 from ssl_distill.backbones.export import export_run
 from ssl_distill.config import config_changes, from_yaml, to_yaml
 from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
@@ -398,6 +398,8 @@ class Trainer:
         result.checkpoint = ckpt.checkpoint_path(self.checkpoint_dir, self.step)
         if self.is_main and self.step == self.max_steps:
             result.exported = export_run(self.objective.backbone, self.run_dir, cfg)
+            for name, module in self.objective.extra_exports().items():
+                export_backbone(module, self.run_dir / name)
         return result
 
 

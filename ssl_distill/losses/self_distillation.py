@@ -22,8 +22,9 @@ class SelfDistillationLoss(nn.Module):
         self.student_temp, self.skip_same_view = student_temp, skip_same_view
 
     def forward(self, teacher_probs: Tensor, student_logits: Tensor) -> Tensor:
-        log_students = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        pairs = -torch.einsum("tbk,sbk->ts", teacher_probs.detach(), log_students)  # (Vt, Vs), summed over B
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float32 at least, float64 kept
+        log_students = F.log_softmax(student_logits.to(dtype) / self.student_temp, dim=-1)
+        pairs = -torch.einsum("tbk,sbk->ts", teacher_probs.detach().to(dtype), log_students)  # (Vt, Vs), summed over B
         if self.skip_same_view:
             pairs = pairs.fill_diagonal_(0)
             count = pairs.numel() - min(pairs.shape)

@@ -1,4 +1,5 @@
-"""Token masks as sequence-space kept indices (0 = class token, patch p = p + 1), lightly's convention."""
+"""Token masks as sequence-space kept indices (0 = class token, patch p = p + 1), lightly's convention,
+and boolean patch masks (True = hidden) for masking in pixel space."""
 
 from __future__ import annotations
 
@@ -26,3 +27,26 @@ def tube_mask(
     offsets = torch.arange(slices, device=kept.device) * spatial
     patches = (offsets[None, :, None] + kept[:, None, :]).flatten(1)  # (B, T' * keep)
     return torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=kept.device), patches + 1], dim=1)
+
+
+def random_patch_mask(
+    batch: int, num_patches: int, ratio: float, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> Tensor:
+    """(B, L) bool, True on exactly int(ratio * L) patches per sample, drawn independently per sample
+    (MRDD's `mask_image`: `rand(B, L).argsort()`, the first int(r L) hidden)."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must lie in [0, 1), got {ratio}")
+    noise = torch.rand(batch, num_patches, generator=generator, device=generator.device if generator else device)
+    hidden = noise.argsort(dim=1)[:, : int(ratio * num_patches)]
+    return torch.zeros(batch, num_patches, dtype=torch.bool, device=noise.device).scatter_(1, hidden, True)
+
+
+def zero_patches(images: Tensor, mask: Tensor, patch_size: int) -> Tensor:
+    """images (B, C, H, W) with the patches where mask (B, L) is True set to 0 (MRDD: masked in [0, 1]
+    pixel space, no mask token; the encoder sees the whole zero-filled image)."""
+    b, c, h, w = images.shape
+    if h % patch_size or w % patch_size or mask.shape[1] != (h // patch_size) * (w // patch_size):
+        raise ValueError(f"a {tuple(mask.shape)} patch mask does not fit {h}x{w} images in {patch_size}-pixel patches")
+    keep = (~mask.bool()).to(images.dtype).view(b, 1, h // patch_size, 1, w // patch_size, 1)
+    grid = images.view(b, c, h // patch_size, patch_size, w // patch_size, patch_size)
+    return (grid * keep).view(b, c, h, w)

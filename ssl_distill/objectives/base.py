@@ -67,6 +67,11 @@ class Objective(nn.Module):
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (EMA teachers, centres, prototypes)."""
 
+    def extra_exports(self) -> dict[str, nn.Module]:
+        """Modules exported next to `backbone.safetensors` when training ends, file name -> module with a
+        `spec` (e.g. a text tower); loadable with `load_backbone`."""
+        return {}
+
     def train(self, mode: bool = True) -> Objective:
         """Set the mode; teachers (modules with `frozen = True`: EMA copies, frozen teachers) stay in eval."""
         super().train(mode)
