@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from decord import VideoReader
 from PIL import Image
 
 from ssl_distill.data.images import ImageSource, Sample
@@ -22,6 +21,7 @@ from ssl_distill.data.video import (
     READ_ERRORS,
     SyntheticEchoOptions,
     VideoEntry,
+    VideoFile,
     synthetic_echo,
     video_entries,
 )
@@ -80,9 +80,9 @@ class EchoFrames(ImageSource):
             return self._cache[index]
         entry = self.entries[index]
         try:
-            reader = VideoReader(str(entry.path), num_threads=1)
+            reader = VideoFile(str(entry.path))
             chosen = frame_indices(len(reader), self.frames_per_video)
-            frames = reader.get_batch(chosen.tolist()).asnumpy()
+            frames = reader.read(chosen.tolist())
         except READ_ERRORS as error:
             raise OSError(f"cannot read video {entry.path}: {str(error).strip()[:200]}") from None
         masks = None

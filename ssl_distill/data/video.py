@@ -11,10 +11,9 @@ per item, since with DataLoader workers the dataset's own counters live in the w
 
 Files stay open (an LRU per process, `ReaderCache` of `VideoFile`s): a video is opened and indexed
 once, and a clip is read from the keyframe before it, so its cost depends on the keyframe interval,
-not on where the clip sits in the file. Frames are those decord gives (the eval code and
-`echo_frames` read with decord); PyAV decodes in the calling thread, which costs less CPU per clip
-than decord's threaded decoder (0.55-0.85x) and is safe in forked DataLoader workers
-(benchmarks/README.md, "Loader").
+not on where the clip sits in the file. Frames are those decord gives (tested); PyAV decodes in the
+calling thread, which costs less CPU per clip than decord's threaded decoder (0.55-0.85x) and is safe
+in forked DataLoader workers (benchmarks/README.md, "Loader"). `echo_frames` reads with the same class.
 """
 
 from __future__ import annotations
