@@ -41,6 +41,7 @@ from ssl_distill.modules.masking import random_patch_mask, zero_patches
 from ssl_distill.modules.teacher import load_part
 from ssl_distill.objectives.base import Objective, Output
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schema import choice, ranged
 
 STAGE2_MODES = ("paper", "released")
 
@@ -50,24 +51,23 @@ class MRDDConfig:
     """Defaults: the EdgeMNIST YAML of the official code, weights per sample (see docs/methods/mrdd.md)."""
 
     name: str = "mrdd"
-    stage: int = 1
+    stage: int = choice(1, (1, 2))
     # stage 1: masked cross-view prediction
-    c_dim: int = 10
-    patch_size: int = 2
-    mask_ratio: float = 0.7
-    recon_weight: float = 1.0
-    kl_weight: float = 0.00390625  # 2 * kld_weight / 512: the release's per-sample beta at its batch of 512
-    loss_reduction: str = "per_sample"  # per_sample | released (SSE summed over the batch, KL averaged)
+    c_dim: int = ranged(10, "[1, inf)")
+    patch_size: int = ranged(2, "[1, inf)")
+    mask_ratio: float = ranged(0.7, "[0, 1)")
+    recon_weight: float = ranged(1.0, "[0, inf)")
+    kl_weight: float = ranged(0.00390625, "[0, inf)")  # 2 * kld_weight / 512: the release's per-sample beta at its batch of 512
+    loss_reduction: str = choice("per_sample", ("per_sample", "released"))  # released: SSE summed over the batch, KL averaged
     # stage 2: distilled disentangling
     consistency: str | None = None  # the stage-1 run directory or checkpoint
-    v_dim: int = 10
-    specific_recon_weight: float = 1.0
-    specific_kl_weight: float = 0.000244140625  # 0.25 / 1024: the release's per-sample beta at its batch of 1024
-    mi_weight: float = 1.0  # lambda of the CLUB bound (official disent.lam)
-    club_hidden: int = 100
-    best_view: int = 0
-    stage2_mode: str = "paper"  # paper | released (docs/methods/mrdd.md)
-
+    v_dim: int = ranged(10, "[1, inf)")
+    specific_recon_weight: float = ranged(1.0, "[0, inf)")
+    specific_kl_weight: float = ranged(0.000244140625, "[0, inf)")  # 0.25 / 1024: the release's per-sample beta at its batch of 1024
+    mi_weight: float = ranged(1.0, "[0, inf)")  # lambda of the CLUB bound (official disent.lam)
+    club_hidden: int = ranged(100, "[1, inf)")
+    best_view: int = ranged(0, "[0, inf)")
+    stage2_mode: str = choice("paper", STAGE2_MODES)  # docs/methods/mrdd.md
 
 @OBJECTIVES.register("mrdd")
 class MRDD(Objective):
@@ -81,10 +81,6 @@ class MRDD(Objective):
     def __init__(self, cfg: DictConfig, max_steps: int) -> None:
         super().__init__(cfg, max_steps)
         o = cfg.objective
-        if o.stage not in (1, 2):
-            raise ConfigError(f"objective.stage must be 1 or 2, got {o.stage}")
-        if o.stage2_mode not in STAGE2_MODES:
-            raise ConfigError(f"objective.stage2_mode must be one of {STAGE2_MODES}, got '{o.stage2_mode}'")
         self.stage = o.stage
         if self.stage == 1:
             self._build_stage1(cfg)

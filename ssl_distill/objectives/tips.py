@@ -36,6 +36,7 @@ from ssl_distill.errors import ConfigError
 from ssl_distill.losses import ImageTextContrastiveLoss, MaskedPatchDistillationLoss, SelfDistillationLoss
 from ssl_distill.objectives.base import Output, SelfDistillationConfig, SelfDistillationObjective
 from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schema import choice, ranged
 
 
 @dataclass
@@ -44,20 +45,20 @@ class TIPSConfig(SelfDistillationConfig):
 
     name: str = "tips"
     text: TextConfig = field(default_factory=TextConfig)
-    num_cls_tokens: int = 2  # 2: CLS-k <-> caption stream k (TIPS); 1: one class token, one stream (CLIP)
-    temperature_init: float = 0.07
-    temperature_min: float = 0.001
-    contrastive_weight: float = 1.0
-    distill_weight: float = 1.0  # α; 0 turns the DINO term (and its student pass) off
-    mask_weight: float = 1.0  # β; 0 turns the iBOT term (and its student pass) off
-    mask_probability: float = 0.5  # fraction of the batch that gets a block mask
-    mask_ratio_min: float = 0.1  # per masked image, a ratio in [min, max] (DINOv2's spread over the batch)
-    mask_ratio_max: float = 0.5
+    num_cls_tokens: int = choice(2, (1, 2))  # 2: CLS-k <-> caption stream k (TIPS); 1: one class token, one stream (CLIP)
+    temperature_init: float = ranged(0.07, "(0, inf)")
+    temperature_min: float = ranged(0.001, "(0, inf)")
+    contrastive_weight: float = ranged(1.0, "[0, inf)")
+    distill_weight: float = ranged(1.0, "[0, inf)")  # α; 0 turns the DINO term (and its student pass) off
+    mask_weight: float = ranged(1.0, "[0, inf)")  # β; 0 turns the iBOT term (and its student pass) off
+    mask_probability: float = ranged(0.5, "[0, 1]")  # fraction of the batch that gets a block mask
+    mask_ratio_min: float = ranged(0.1, "[0, 1)")  # per masked image, a ratio in [min, max] (DINOv2's spread over the batch)
+    mask_ratio_max: float = ranged(0.5, "[0, 1)")
     separate_ibot_head: bool = False  # DINOv2's default: the DINO head also projects patch tokens
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    momentum_start: float = 0.994  # cosine to momentum_end; equal values keep it fixed (SILC)
-    momentum_end: float = 1.0
+    teacher_temp: float = ranged(0.07, "(0, inf)")
+    warmup_teacher_temp: float = ranged(0.04, "(0, inf)")
+    momentum_start: float = ranged(0.994, "[0, 1]")  # cosine to momentum_end; equal values keep it fixed (SILC)
+    momentum_end: float = ranged(1.0, "[0, 1]")
 
 
 @OBJECTIVES.register("tips")
@@ -72,8 +73,6 @@ class TIPS(SelfDistillationObjective):
     def __init__(self, cfg: DictConfig, max_steps: int) -> None:
         super().__init__(cfg, max_steps)
         o = cfg.objective
-        if o.num_cls_tokens not in (1, 2):
-            raise ConfigError(f"objective.num_cls_tokens must be 1 or 2, got {o.num_cls_tokens}")
         streams = cfg.data.options.get("captions")
         if streams is None or "tokenizer" not in cfg.data.options:
             raise ConfigError(f"objective 'tips' needs an image-text dataset (data.name={cfg.data.name} has no captions)")
