@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from eval.search import INDEX_KINDS
 from ssl_distill.config import ConfigError, SlurmConfig, merge_checked
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -69,7 +70,22 @@ class FeaturesConfig:
 
 
 @dataclass
-class KNNConfig:
+class IndexSettings:
+    """The faiss index of knn and retrieve (eval/search.py IndexSpec): flat (exact) | ivf | ivfpq | hnsw."""
+
+    index: str = "flat"
+    nlist: int | None = None  # ivf, ivfpq: k-means cells; None: 4 sqrt(bank size)
+    nprobe: int = 32  # ivf, ivfpq: cells visited per query (nprobe = nlist is exact)
+    m: int = 32  # ivfpq: sub-quantizers (must divide the dim); hnsw: neighbours per node
+    nbits: int = 8  # ivfpq: bits per sub-quantizer code
+    ef_search: int = 128  # hnsw
+    ef_construction: int = 40  # hnsw
+    train_size: int | None = None  # ivf, ivfpq: sampled training rows; None: min(N, 64 nlist)
+    recall_queries: int = 1000  # approximate kinds: queries whose top-k is checked against exact search
+
+
+@dataclass
+class KNNConfig(IndexSettings):
     bank_split: str = "train"
     query_split: str = "val"
     pooling: str = "cls"
@@ -112,14 +128,14 @@ class SegmentConfig:
 
 
 @dataclass
-class RetrieveConfig:
+class RetrieveConfig(IndexSettings):
     gallery_split: str = "train"
     query_split: str = "val"
     pooling: str = "cls"
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     map_k: int | None = None  # None ranks the whole gallery
     chunk_size: int = 1024
-    index: str | None = None  # a saved gallery index (labels in <index>.labels.npy) to search instead
+    load_index: str | None = None  # a saved gallery index (labels in <load_index>.labels.npy) to search instead
     save_index: str | None = None  # write the gallery index (and its labels) to this path
 
 
@@ -186,4 +202,7 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
             raise EvalConfigError(
                 f"{section}.pooling must be one of {POOLINGS}, got '{merged[section].pooling}'"
             )
+    for section in ("knn", "retrieve"):
+        if merged[section].index not in INDEX_KINDS:
+            raise EvalConfigError(f"{section}.index must be one of {INDEX_KINDS}, got '{merged[section].index}'")
     return merged
