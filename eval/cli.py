@@ -17,6 +17,7 @@ from eval.api import DEFAULT_DATA, default_out_dir, run_protocol
 from eval.config import load_eval_config
 from eval.report import build_report
 from eval.results import format_table
+from eval.sharded import extract_sharded
 from ssl_distill.launch.executors import make_executor
 
 HELP = {
@@ -51,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         where = command.add_mutually_exclusive_group()
         where.add_argument("--slurm", action="store_true", help="run as a SLURM job via submitit (slurm.* settings)")
         where.add_argument("--local", action="store_true", help="run through submitit's local executor")
+        if name == "features":
+            command.add_argument(
+                "--shards", type=int, default=None, metavar="N",
+                help="extract each split as N memory-mapped slices, one array job each (with --slurm / --local)",
+            )
     report = commands.add_parser("report", help="collect result JSONs (and metrics.csv) into Markdown + HTML")
     report.add_argument("path", help="a run directory or a results directory")
     report.add_argument("--out", default=None, help="report folder (default <path>/report)")
@@ -85,6 +91,18 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sharded(args: argparse.Namespace) -> int:
+    """Sharded extraction (eval/sharded.py), then the features protocol on the joined sets, here."""
+    launch = "slurm" if args.slurm else "local" if args.local else None
+    out = Path(args.out) if args.out else default_out_dir(args.backbone)
+    data = args.data or DEFAULT_DATA.get("features", "mnist")
+    print(format_table(extract_sharded(args.backbone, data, args.overrides, args.shards, launch, out)))
+    result, path = run_protocol("features", args.backbone, data, args.overrides, args.out)
+    print(format_table(result.rows))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # key=value settings may also follow the options
@@ -97,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             page = build_report(args.path, args.out, cfg.report)
             print(f"wrote {page} and {page.with_suffix('.md')}")
             return 0
+        if getattr(args, "shards", None) is not None:
+            return _sharded(args)
         if args.slurm or args.local:
             return _submit(args)
         result, path = run_protocol(args.command, args.backbone, args.data, args.overrides, args.out)

@@ -60,6 +60,7 @@ class RunConfig:
     cache_dir: str | None = None  # None: $SSL_DISTILL_CACHE/eval
     progress: bool = True
     fit_threads: int | None = 1  # CPU threads for probes and heads on cached features (see eval/runtime.py)
+    threads: int | None = None  # CPU threads for feature extraction; None keeps torch's default
 
 
 @dataclass

@@ -10,7 +10,7 @@ frame by frame (`FrameAverage`); either way the features sit on the 2-D (H', W')
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ import torch
 import torchvision.transforms.functional as TF
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from eval.results import Result
@@ -143,7 +143,7 @@ def backbone_for(backbone: nn.Module, adapter: Adapter) -> nn.Module:
 
 def adapter_for(source: Dataset, img_size: int | None, mean: list[float], std: list[float]) -> Adapter:
     """Pick the adapter from the first item: a dict with 'video' is a clip, anything else an image Sample."""
-    first = source[0]
+    first = next(iter(source)) if isinstance(source, IterableDataset) else source[0]
     if isinstance(first, dict) and "video" in first:
         return VideoAdapter()
     if img_size is None:
@@ -160,6 +160,14 @@ class _Adapted(Dataset):
 
     def __getitem__(self, index: int) -> Item:
         return self.adapter(self.source[index])
+
+
+class _AdaptedStream(IterableDataset):
+    def __init__(self, source: IterableDataset, adapter: Adapter) -> None:
+        self.source, self.adapter = source, adapter
+
+    def __iter__(self) -> Iterator[Item]:
+        return map(self.adapter, self.source)
 
 
 def _collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -203,8 +211,12 @@ def extract_features(
     backbone, and clips an image backbone, through `backbone_for`."""
     device = torch.device(device)
     backbone = backbone_for(backbone.eval().to(device), adapter)
+    if isinstance(dataset, IterableDataset):  # shards (data/shards.py): workers take turns by batch, in order
+        adapted: Dataset = _AdaptedStream(dataset.for_loader(batch_size), adapter)
+    else:
+        adapted = _Adapted(dataset, adapter)
     loader = DataLoader(
-        _Adapted(dataset, adapter),
+        adapted,
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -243,17 +255,32 @@ def projection_sample(features: Features, size: int, seed: int = 0) -> dict[str,
     }
 
 
-def feature_statistics(feats: Tensor) -> dict[str, float]:
+def feature_statistics(feats: Tensor, chunk_size: int = 65536) -> dict[str, float]:
     """(N, D) -> collapse indicators: mean per-dimension std of normalised features (1/sqrt(D) when
-    spread out, 0 when collapsed), RankMe effective rank exp(entropy of normalised singular values), norm."""
-    feats = feats.float()
-    unit = torch.nn.functional.normalize(feats, dim=1)
-    singular = torch.linalg.svdvals(feats - feats.mean(0))
+    spread out, 0 when collapsed), RankMe effective rank exp(entropy of normalised singular values), norm.
+
+    One pass over `chunk_size` rows at a time (float64 sums), so a memory-mapped bank is never held whole:
+    the singular values of the centred features are the square roots of the eigenvalues of X'X - N m m'.
+    """
+    n, dim = feats.shape
+    total, unit_sum, unit_squares = (torch.zeros(dim, dtype=torch.float64) for _ in range(3))
+    gram, norms = torch.zeros(dim, dim, dtype=torch.float64), 0.0
+    for start in range(0, n, chunk_size):
+        chunk = feats[start : start + chunk_size].double()
+        unit = torch.nn.functional.normalize(chunk, dim=1)
+        total += chunk.sum(0)
+        unit_sum += unit.sum(0)
+        unit_squares += (unit**2).sum(0)
+        gram += chunk.T @ chunk
+        norms += float(chunk.norm(dim=1).sum())
+    mean = total / n
+    singular = torch.linalg.eigvalsh(gram - n * torch.outer(mean, mean)).clamp_min(0).sqrt()
     p = singular / singular.sum().clamp_min(1e-12) + 1e-12
+    unit_var = (unit_squares - unit_sum**2 / n) / max(n - 1, 1)
     return {
-        "normalized_std": float(unit.std(0).mean()),
+        "normalized_std": float(unit_var.clamp_min(0).sqrt().mean()),
         "effective_rank": float(torch.exp(-(p * p.log()).sum())),
-        "mean_norm": float(feats.norm(dim=1).mean()),
+        "mean_norm": norms / n,
     }
 
 

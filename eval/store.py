@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eval.features import Adapter, Features, adapter_for, extract_features
+from eval.runtime import cpu_threads
+from eval.slices import load_joined
 from ssl_distill.backbones import load_backbone
 from ssl_distill.data import seeded_call
 from ssl_distill.data.bundled import cache_dir
@@ -106,12 +108,16 @@ class FeatureCache:
     def path(self, key: dict[str, Any]) -> Path:
         return self.root / f"{_digest(key)}.pt"
 
+    def folder(self, key: dict[str, Any]) -> Path:
+        """Where sharded slices of `key` and their joined set live (eval/slices.py)."""
+        return self.root / _digest(key)
+
     def load(self, key: dict[str, Any]) -> Features | None:
         path = self.path(key)
         if not path.is_file():
             return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: a large bank is read page by page as it is used
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # a damaged file is a miss; it gets rewritten
             return None
         if state.get("key") != json.loads(json.dumps(key, default=str)):
@@ -191,28 +197,41 @@ class FeatureStore:
             "pooling": pooling,
         }
 
-    def features(self, split: str, pooling: str = "cls") -> Features:
-        """Features of a split, from the cache when the key matches, else extracted (and cached)."""
-        source = self.source(split)
+    def adapted_key(self, split: str, pooling: str) -> tuple[Adapter, dict[str, Any]]:
+        """The adapter for a split's items and the cache key of its features."""
         data = self.cfg.data
         img_size = data.img_size or self.backbone.spec.get("img_size")
-        adapter = adapter_for(source, img_size, list(data.mean), list(data.std))
-        key = self.key(split, adapter, pooling)
+        adapter = adapter_for(self.source(split), img_size, list(data.mean), list(data.std))
+        return adapter, self.key(split, adapter, pooling)
+
+    def extract(self, split: str, adapter: Adapter, pooling: str, source: Dataset | None = None) -> Features:
+        """Features of a split (or of `source`, a part of it), computed now."""
+        data = self.cfg.data
+        with cpu_threads(self.cfg.run.threads):
+            return extract_features(
+                self.backbone,
+                self.source(split) if source is None else source,
+                adapter,
+                pooling=pooling,
+                batch_size=data.batch_size,
+                num_workers=data.num_workers,
+                device=self.device,
+                classes=self.classes(split),
+                progress=self.cfg.run.progress,
+                desc=f"features {data.name}/{split}",
+            )
+
+    def features(self, split: str, pooling: str = "cls") -> Features:
+        """Features of a split: a joined set of sharded slices (memory-mapped) or the cache when the key
+        matches, else extracted (and cached)."""
+        adapter, key = self.adapted_key(split, pooling)
+        if self.cfg.run.cache and (joined := load_joined(self.cache.folder(key), key)) is not None:
+            self.used[f"{split}/{pooling}"] = str(self.cache.folder(key))
+            return joined
         if self.cfg.run.cache and (cached := self.cache.load(key)) is not None:
             self.used[f"{split}/{pooling}"] = str(self.cache.path(key))
             return cached
-        features = extract_features(
-            self.backbone,
-            source,
-            adapter,
-            pooling=pooling,
-            batch_size=data.batch_size,
-            num_workers=data.num_workers,
-            device=self.device,
-            classes=self.classes(split),
-            progress=self.cfg.run.progress,
-            desc=f"features {data.name}/{split}",
-        )
+        features = self.extract(split, adapter, pooling)
         if self.cfg.run.cache:
             self.used[f"{split}/{pooling}"] = str(self.cache.save(key, features))
         return features

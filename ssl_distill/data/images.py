@@ -28,6 +28,7 @@ class Sample:
     image: Image.Image
     label: int
     mask: np.ndarray | None = None  # (H, W) integer class per pixel
+    caption: str | None = None
 
 
 class ImageSource(Dataset):
@@ -64,12 +65,12 @@ class ArraySource(ImageSource):
 
 
 class FileSource(ImageSource):
-    """Image files with labels; a file that cannot be read raises with its path."""
+    """Image files with labels (and optional captions); a file that cannot be read raises with its path."""
 
-    def __init__(self, files: list[Path], labels: list[int], classes: tuple[str, ...]):
+    def __init__(self, files: list[Path], labels: list[int], classes: tuple[str, ...], captions: list[str] | None = None):
         if not files:
             raise FileNotFoundError("no images found")
-        self.files, self.labels, self.classes = files, labels, classes
+        self.files, self.labels, self.classes, self.captions = files, labels, classes, captions
 
     def __len__(self) -> int:
         return len(self.files)
@@ -77,7 +78,8 @@ class FileSource(ImageSource):
     def sample(self, index: int) -> Sample:
         try:
             with Image.open(self.files[index]) as image:
-                return Sample(image.convert("RGB"), self.labels[index])
+                caption = None if self.captions is None else self.captions[index]
+                return Sample(image.convert("RGB"), self.labels[index], caption=caption)
         except OSError as error:
             raise OSError(f"cannot read image {self.files[index]}: {error}") from None
 
@@ -134,7 +136,7 @@ def folder(root: str | None = None, split: str = "train", limit: int | None = No
 
 @DATASETS.register("csv")
 def csv_list(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
-    """A CSV with columns `path` and optional `label` (and optional `split`); paths relative to the CSV."""
+    """A CSV with columns `path` and optional `label`, `split` and `caption`; paths relative to the CSV."""
     if root is None or not Path(root).is_file():
         raise FileNotFoundError(f"data.root: CSV file not found: {root}")
     with open(root, newline="") as handle:
@@ -147,7 +149,8 @@ def csv_list(root: str | None = None, split: str = "train", limit: int | None = 
     classes = tuple(names)
     files = [(Path(root).parent / row["path"]) for row in rows]
     labels = [classes.index(row.get("label", "") or "") for row in rows]
-    return _limit(FileSource(files, labels, classes), limit)
+    captions = [row["caption"] for row in rows] if rows and "caption" in rows[0] else None
+    return _limit(FileSource(files, labels, classes, captions), limit)
 
 
 def build_source(name: str, root: str | None = None, split: str = "train", limit: int | None = None, **options: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 
 def seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
@@ -31,6 +31,14 @@ def seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
             np.random.set_state(np_state)
 
 
+def view_item(sample: Any, transform: Callable, index: int, seed: int) -> dict[str, Any]:
+    """A Sample -> {'views': [view tensors] (transform seeded with `seed`), 'label', 'index'[, 'mask']}."""
+    item = {"views": seeded_call(seed, lambda: transform(sample.image)), "label": sample.label, "index": index}
+    if sample.mask is not None:
+        item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
+    return item
+
+
 class ViewDataset(Dataset):
     """Source + view transform -> {'views': [view tensors], 'label', 'index'[, 'mask']}."""
 
@@ -44,11 +52,7 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, key)
-        sample = self.source[index]
-        item = {"views": seeded_call(seed, lambda: self.transform(sample.image)), "label": sample.label, "index": index}
-        if sample.mask is not None:
-            item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
-        return item
+        return view_item(self.source[index], self.transform, index, seed)
 
 
 class ResumableSampler(Sampler):
@@ -85,7 +89,11 @@ class ResumableSampler(Sampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def build_loader(dataset: Dataset, sampler: ResumableSampler, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def build_loader(dataset: Dataset, sampler: ResumableSampler | Any, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of `dataset` in `sampler`'s order; a stream (IterableDataset, data/shards.py) orders, splits
+    and batches itself, and `sampler` is then the stream too."""
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     return DataLoader(
         dataset,
         batch_size=sampler.batch_size,
