@@ -25,13 +25,15 @@ CHUNK = 65536  # bank rows normalised and added (or scanned) at a time
 
 def normalized(x: Tensor | np.ndarray) -> np.ndarray:
     """(N, D) -> float32 C-contiguous rows of unit L2 norm (inner product = cosine)."""
-    x = torch.as_tensor(x).float()
+    x = torch.from_numpy(np.array(x, dtype=np.float32)) if isinstance(x, np.ndarray) else torch.as_tensor(x).float()
     return np.ascontiguousarray(torch.nn.functional.normalize(x, dim=1).numpy())
 
 
 def _rows(x: Tensor | np.ndarray, normalize: bool) -> np.ndarray:
     """(n, D) rows (a tensor, array or memmap slice) as float32 C-contiguous, unit-normalised if asked."""
-    return normalized(x) if normalize else np.ascontiguousarray(torch.as_tensor(x).float().numpy())
+    if normalize:
+        return normalized(x)
+    return np.ascontiguousarray(x.float().numpy() if isinstance(x, Tensor) else x, dtype=np.float32)
 
 
 def gpu_available() -> bool:
@@ -51,7 +53,8 @@ def _gpu_resources() -> faiss.StandardGpuResources:
 class IndexSpec:
     """A faiss index kind and its parameters (the `index`, `nlist`, ... settings of knn and retrieve).
 
-    flat: exact. ivf / ivfpq: `nlist` k-means cells (None: 4 sqrt(N), at most N / 39) trained on
+    flat: exact. ivf / ivfpq: `nlist` k-means cells (None: 4 sqrt(N), at most N / 39 so that each cell
+    has the 39 training points faiss asks for) trained on
     `train_size` sampled rows (None: min(N, 64 nlist), and 64 * 2^nbits for PQ), `nprobe` cells visited per
     query; ivfpq stores `m` codes of `nbits` bits per vector (`m` divides the dim). hnsw: a graph with `m`
     neighbours per node, `ef_construction` and `ef_search` candidate lists; no training.
@@ -73,7 +76,11 @@ class IndexSpec:
         return cls(**{f.name: section[f.name] for f in fields(cls) if f.name in section})
 
     def nlist_for(self, n: int) -> int:
-        return max(1, min(self.nlist or round(4 * math.sqrt(n)), n // 39 or 1))
+        if self.nlist is None:
+            return max(1, min(round(4 * math.sqrt(n)), n // 39))
+        if not 1 <= self.nlist <= n:
+            raise ValueError(f"index={self.index}: nlist={self.nlist} must be between 1 and the bank size {n}")
+        return self.nlist
 
     def train_size_for(self, n: int) -> int:
         if self.train_size is not None:

@@ -268,7 +268,7 @@ def _members(span: Span) -> Iterator[dict[str, Any]]:
     for sample in islice(wds.tarfile_samples([{"url": span.url}], handler=stop), span.first, span.last):
         yield {**sample, "__index__": span.offset + position}
         position += 1
-    reason = str(errors[0]).strip()[:200] if errors else "fewer samples than its manifest count"
+    reason = str(errors[0]).strip()[:200] if errors else f"the shard ends after {position} of {span.last} samples"
     for missing in range(position, span.last):
         yield {"__url__": span.url, "__key__": f"#{missing}", "__index__": span.offset + missing, "__error__": reason}
 
@@ -453,15 +453,16 @@ class ShardStream(IterableDataset):
                 "write more, smaller shards (--shard-size) or use fewer workers"
             )
         self.slots = deal(spans, slots)
-        smallest = min(sum(span.size for span in slot) for slot in self.slots)
-        self.groups = smallest // batch_size
+        sizes = [sum(span.size for span in slot) for slot in self.slots]
+        self.groups = min(sizes) // batch_size
         if self.groups == 0:
-            raise ValueError(f"data: a reader slot holds {smallest} samples, fewer than one batch of {batch_size}")
+            raise ValueError(f"data: a reader slot holds {min(sizes)} samples, fewer than one batch of {batch_size}")
         self.unused = len(source) - slots * self.groups * batch_size  # left out of every epoch
         if self.unused > 0.05 * len(source):
             warnings.warn(
                 f"shards: {self.unused} of {len(source)} samples are left out of every epoch ({slots} reader slots "
-                f"of unequal size): write smaller shards (--shard-size) or use fewer workers", stacklevel=2
+                f"of {min(sizes)} to {max(sizes)} samples, {self.groups} batches of {batch_size} each): write "
+                "smaller shards (--shard-size) or use fewer workers", stacklevel=2
             )
         self.epoch = self.start_batch = 0
 
@@ -511,8 +512,10 @@ class ShardStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         if workers != self.workers:
             raise RuntimeError(f"this stream was dealt to {self.workers} DataLoader workers, read with {workers}")
-        role = (worker + self.start_batch) % workers  # worker that yields batch start_batch plays role 0's turn
-        done = len(range(role, self.start_batch, workers))  # batches this role yielded before start_batch
+        # batch i of an epoch comes from role i % workers; resumed at start_batch, the loader asks worker 0
+        # first, so worker w takes the role whose batch was next, and skips the batches that role yielded
+        role = (worker + self.start_batch) % workers
+        done = len(range(role, self.start_batch, workers))
         groups = _groups(self._slot_stream(self.rank * workers + role), self.batch_size)
         for group in islice(groups, done, self.groups):
             yield self._batch(group)
