@@ -144,8 +144,9 @@ def test_manifest_path_and_pipe_urls(shapes_shards):
     expected = [s.label for s in build_source("shards", str(shapes_shards))]
     by_path = build_source("shards", str(folder / "shards.json"))
     piped = build_source("shards", str(folder / "shards.json"), shard_url=f"pipe:cat {folder}/{{name}}")
-    assert piped.urls[0] == f"pipe:cat {folder}/shard-000000.tar"
-    assert [s.label for s in by_path] == [s.label for s in piped] == expected
+    all_piped = build_source("shards", f"pipe:cat {folder}/shards.json")  # names replace the manifest's
+    assert piped.urls[0] == all_piped.urls[0] == f"pipe:cat {folder}/shard-000000.tar"
+    assert [s.label for s in by_path] == [s.label for s in piped] == [s.label for s in all_piped] == expected
     (shapes_shards / "empty").mkdir(exist_ok=True)
     with pytest.raises(FileNotFoundError, match="no shards.json in"):
         build_source("shards", str(shapes_shards / "empty"))

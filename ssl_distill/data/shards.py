@@ -148,22 +148,20 @@ class ShardInput:
 def shard_input(src: str, split: str = "train", limit: int | None = None, **options: Any) -> ShardInput:
     """A registered dataset name (`mnist`, `shapes`, `echo_video`, ...), an ImageFolder tree, a CSV of
     images or videos, or an EchoNet-style folder (FileList.csv + Videos/)."""
+    if src in DATASETS:
+        source = build_source(src, None, split, limit, **options)
+        return _video_input(source.entries) if isinstance(source, VideoClipDataset) else _image_input(source)
     path = Path(src)
-    if src not in DATASETS and path.suffix.lower() == ".csv" and path.is_file():
+    if path.suffix.lower() == ".csv" and path.is_file():
         entries = video_entries(path, split)
         if entries and entries[0].path.suffix.lower() in VIDEO_SUFFIXES:
             return _video_input(entries[:limit])
         return _image_input(build_source("csv", src, split, limit, **options))
-    if src not in DATASETS and (path / "FileList.csv").is_file():
+    if (path / "FileList.csv").is_file():
         return _video_input(video_entries(path, split)[:limit])
-    if src not in DATASETS and path.is_dir():
+    if path.is_dir():
         return _image_input(build_source("folder", src, split, limit, **options))
-    if src not in DATASETS:
-        raise FileNotFoundError(f"{src}: neither a dataset name ({', '.join(DATASETS.names())}) nor an image folder or CSV")
-    source = build_source(src, None, split, limit, **options)
-    if isinstance(source, VideoClipDataset):
-        return _video_input(source.entries)
-    return _image_input(source)
+    raise FileNotFoundError(f"{src}: neither a dataset name ({', '.join(DATASETS.names())}) nor an image folder or CSV")
 
 
 def _image_input(source: Any) -> ShardInput:
@@ -274,7 +272,8 @@ def _members(span: Span) -> Iterator[dict[str, Any]]:
 
 
 def _resolve(root: str, split: str, shard_url: str | None) -> tuple[dict[str, Any], Callable[[str], str]]:
-    """The manifest and a shard name -> URL function for a folder, a manifest path or a manifest URL."""
+    """The manifest and a shard name -> URL function for a folder, a manifest path or a manifest URL (or
+    `pipe:` command): a shard's name replaces the manifest's file name, or fills `{name}` in `shard_url`."""
     root = root.replace("{split}", split)
     if Path(root).is_dir():
         folder = Path(root) / split if (Path(root) / split / MANIFEST).is_file() else Path(root)
@@ -294,8 +293,6 @@ def _resolve(root: str, split: str, shard_url: str | None) -> tuple[dict[str, An
         raise FileNotFoundError(f"data.root: cannot read the shard manifest {manifest_url}: {error}") from None
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_url}: not a shard manifest of format {FORMAT} (has {manifest.get('format')!r})")
-    if shard_url is None and root.startswith("pipe:"):
-        raise ValueError("data.options.shard_url is required when the manifest comes from a pipe (e.g. 'pipe:cat /data/{name}')")
     name_to_url = (lambda name: shard_url.replace("{name}", name)) if shard_url else (lambda name: base + name)
     return manifest, name_to_url
 
