@@ -185,3 +185,40 @@ def test_training_on_shards_with_two_workers_resumes_exactly(tmp_path):
     second = train(tiny_config("mae/tiny_mnist.yaml", tmp_path / "b", *common, "train.checkpoint_every=5"))
     assert (first.steps, second.start_step, len(full.losses)) == (5, 5, 7)
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
+
+
+def _ddp_rank(rank: int, port: int, root: str, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from ssl_distill.engine import Trainer
+    from ssl_distill.engine.distributed import init_distributed
+
+    from conftest import tiny_config
+
+    cfg = tiny_config("mae/tiny_mnist.yaml", Path(out) / "ddp", "data.name=shards", f"data.root={root}", "data.num_workers=1", "data.batch_size=8", "train.max_steps=2")
+    trainer = Trainer(cfg, init_distributed())
+    seen, step = [], trainer.train_step
+    trainer.train_step = lambda batch: seen.append(batch["index"]) or step(batch)
+    trainer.fit()
+    torch.save({"indices": torch.cat(seen), "state": trainer.objective.state_dict()}, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_read_their_own_shards(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    write_shards(shard_input("mnist", "train", 64), tmp_path / "mnist", shard_size=8)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(tmp_path / "mnist"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert [len(r["indices"]) for r in ranks] == [16, 16]  # 2 steps of 8 per rank
+    assert not set(ranks[0]["indices"].tolist()) & set(ranks[1]["indices"].tolist())
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key  # DDP kept the replicas in step
