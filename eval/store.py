@@ -182,7 +182,7 @@ class FeatureStore:
     def key(self, split: str, adapter: Adapter, pooling: str) -> dict[str, Any]:
         data = self.cfg.data
         root_mtime = Path(data.root).stat().st_mtime_ns if data.root and Path(data.root).exists() else None
-        return {
+        key = {
             "version": CACHE_VERSION,
             "backbone": self.identity,
             "data": {
@@ -196,6 +196,10 @@ class FeatureStore:
             "adapter": getattr(adapter, "key", repr(adapter)),
             "pooling": pooling,
         }
+        content = getattr(self.source(split), "fingerprint", None)  # shards: their names, counts and hashes
+        if content is not None:
+            key["data"]["content"] = content
+        return key
 
     def adapted_key(self, split: str, pooling: str) -> tuple[Adapter, dict[str, Any]]:
         """The adapter for a split's items and the cache key of its features."""

@@ -3,6 +3,7 @@ workers, exact resume, corrupt or missing members, URLs and pipes, video shards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -53,6 +54,15 @@ def test_shards_read_back_as_the_source_in_order(shapes_shards):
     loader = torch.utils.data.DataLoader(part.for_loader(5), batch_size=5, num_workers=2, collate_fn=lambda b: b)
     assert [s.label for batch in loader for s in batch] == [int(source[i].label) for i in range(10, 27)]
     assert len(build_source("shards", str(shapes_shards), limit=13)) == 13
+    assert manifest["shards"][0]["sha256"] == hashlib.sha256((shapes_shards / "train" / "shard-000000.tar").read_bytes()).hexdigest()
+
+
+def test_the_same_data_give_the_same_shards_and_fingerprint(shapes_shards, tmp_path):
+    write_shards(shard_input("shapes", "train", 60), tmp_path / "again", shard_size=8)
+    assert (tmp_path / "again" / "shard-000003.tar").read_bytes() == (shapes_shards / "train" / "shard-000003.tar").read_bytes()
+    assert build_source("shards", str(tmp_path / "again")).fingerprint == build_source("shards", str(shapes_shards)).fingerprint
+    write_shards(shard_input("shapes", "val", 60), tmp_path / "other", shard_size=8)
+    assert build_source("shards", str(tmp_path / "other")).fingerprint != build_source("shards", str(shapes_shards)).fingerprint
 
 
 def test_folder_csv_bytes_and_captions(tmp_path):

@@ -1,9 +1,9 @@
 """WebDataset tar shards: any image source or a set of videos written as shards, and streamed back.
 
 Writing (`ssl-distill data shard SRC OUT --shard-size N`, `write_shards`): OUT holds `shard-000000.tar`,
-... of N samples each and `shards.json` (kind, classes, the sample count of every shard), written last:
-a folder with a manifest is complete. Every file is written under a temporary name and renamed. The
-members of sample `<key>` (its index in the source):
+... of N samples each and `shards.json` (kind, classes, the sample count and SHA-256 of every shard),
+written last: a folder with a manifest is complete. Every file is written under a temporary name and
+renamed; the same data give the same bytes. The members of sample `<key>` (its index in the source):
 
     <key>.<jpg|png|...>  the image: the source file's own bytes, or PNG for in-memory images
     <key>.<mp4|avi|...>  or the video file's bytes (decoded with decord when read)
@@ -38,6 +38,7 @@ Changing any of the settings above breaks replay (the trainer warns about change
 from __future__ import annotations
 
 import copy
+import hashlib
 import heapq
 import io
 import json
@@ -180,12 +181,15 @@ def _video_input(entries: list[VideoEntry]) -> ShardInput:
     )
 
 
-def _write_tar(path: Path, samples: list[dict[str, Any]]) -> None:
+def _write_tar(path: Path, samples: list[dict[str, Any]]) -> str:
+    """Write one shard atomically; returns the SHA-256 of its bytes."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle, wds.TarWriter(handle, encoder=False, mtime=0) as writer:
         for sample in samples:
             writer.write(sample)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     tmp.replace(path)
+    return digest
 
 
 def write_shards(source: ShardInput, out: str | Path, shard_size: int, progress: bool = False) -> dict[str, Any]:
@@ -199,8 +203,7 @@ def write_shards(source: ShardInput, out: str | Path, shard_size: int, progress:
 
     def flush() -> None:
         name = f"shard-{len(shards):06d}.tar"
-        _write_tar(out / name, pending)
-        shards.append({"name": name, "count": len(pending)})
+        shards.append({"name": name, "count": len(pending), "sha256": _write_tar(out / name, pending)})
         pending.clear()
 
     for index in tqdm(range(source.count), desc=f"shards {out.name}", disable=not progress, leave=False):
@@ -318,6 +321,8 @@ class ShardSource(IterableDataset):
         self.urls, self.clips, self.with_masks = urls, clips, with_masks
         self.shuffle_buffer = SHUFFLE_BUFFER[self.kind] if shuffle_buffer is None else shuffle_buffer
         self.start, self.stop, self.block = 0, self.offsets[-1], 1
+        # what the samples depend on, for feature caches: shard names, counts and content hashes
+        self.fingerprint = hashlib.sha256(json.dumps(manifest["shards"], sort_keys=True).encode()).hexdigest()
 
     @property
     def num_classes(self) -> int:
