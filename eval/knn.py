@@ -102,6 +102,9 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
         metrics.update({f"{name}@{k}": value for name, value in scores.items()})
     metrics.update(classification_metrics(labels, ranked[headline]))
     searched = measured_recall(index, bank.feats, queries.feats, headline, c.recall_queries, normalize=True)
+    if c.index != "flat":  # beside the scores: how exact the neighbours were
+        metrics[f"index_recall@{headline}"] = searched[f"recall@{headline}"]
+        rows = [{**row, f"index_recall@{headline}": searched[f"recall@{headline}"]} for row in rows]
     details = {
         "k": headline,
         "temperature": c.temperature,
@@ -111,6 +114,4 @@ def run(store: FeatureStore, cfg: DictConfig) -> Result:
         "classes": list(queries.classes),
         "confusion": confusion(labels, ranked[headline][:, 0], num_classes),
     }
-    if c.index != "flat":
-        metrics[f"index_recall@{headline}"] = searched[f"recall@{headline}"]
     return Result("knn", metrics, rows, details, {"sample": projection_sample(queries, c.sample)})
