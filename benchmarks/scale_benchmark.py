@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     record: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(["scale_benchmark.py", *argv]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
         "setting": asdict(setting),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     record["sharded_extraction"] = sharded_extraction(setting, args.out)
     record["per_10k"] = per_10k(setting, args.out)
     record["seconds"] = time.perf_counter() - started
+    record["machine"]["load_average_at_end"] = os.getloadavg()  # other jobs on the same cores
     path = args.out / "scale_benchmark.json"
     path.write_text(json.dumps(record, indent=1))
     for rows in (record["streaming"], [record["sharded_extraction"]], [record["per_10k"]]):

@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     record = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(["search_benchmark.py", *argv]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
         "setting": asdict(setting),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     record["knn_memory"] = knn_memory(setting, data, args.quick)
     record["imports"] = {} if args.quick else import_times()
     record["seconds"] = time.perf_counter() - started
+    record["machine"]["load_average_at_end"] = os.getloadavg()  # other jobs on the same cores
     path = args.out / "search_benchmark.json"
     path.write_text(json.dumps(record, indent=1))
     print(_table(record["search"]), end="\n\n")
