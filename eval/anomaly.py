@@ -25,7 +25,7 @@ DEFAULT_SPLITS = {"distance": ("train", "val"), "zero_shot": ("val", "test")}
 
 def knn_distance_scores(bank: Tensor, queries: Tensor, k: int = 10, chunk_size: int = 4096) -> np.ndarray:
     """bank (N, D), queries (M, D) -> (M,) mean L2 distance of each normalised query to its k nearest."""
-    squared, _ = search(build_index(normalized(bank), metric="l2"), normalized(queries), k, chunk_size)
+    squared, _ = search(build_index(bank, "l2", normalize=True), normalized(queries), k, chunk_size)
     return np.sqrt(np.clip(squared, 0, None)).mean(1)
 
 

@@ -20,6 +20,7 @@ from eval.api import DEFAULT_DATA, default_out_dir, run_protocol
 from eval.config import load_eval_config
 from eval.report import build_report
 from eval.results import format_table
+from eval.sharded import extract_sharded
 from ssl_distill.errors import USER_ERRORS, error_line
 from ssl_distill.launch.executors import make_executor
 
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         where = command.add_mutually_exclusive_group()
         where.add_argument("--slurm", action="store_true", help="run as a SLURM job via submitit (slurm.* settings)")
         where.add_argument("--local", action="store_true", help="run through submitit's local executor")
+        if name == "features":
+            command.add_argument(
+                "--shards", type=int, default=None, metavar="N",
+                help="extract each split as N memory-mapped slices, one array job each (with --slurm / --local)",
+            )
     report = commands.add_parser(
         "report", help="collect result JSONs (and metrics.csv) of runs and baselines into Markdown + HTML"
     )
@@ -108,6 +114,18 @@ def _submit(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _sharded(args: argparse.Namespace, command: str) -> int:
+    """Sharded extraction (eval/sharded.py), then the features protocol on the joined sets, here."""
+    launch = "slurm" if args.slurm else "local" if args.local else None
+    data = args.data or DEFAULT_DATA.get("features", "mnist")
+    out = Path(args.out) if args.out else default_out_dir(args.backbone, load_eval_config(data, args.overrides))
+    print(format_table(extract_sharded(args.backbone, data, args.overrides, args.shards, launch, out)))
+    result, path = run_protocol("features", args.backbone, data, args.overrides, args.out, command=command)
+    print(format_table(result.rows))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)  # key=value settings may also follow the options
@@ -126,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             page = build_report(args.paths, args.out, cfg.report)
             print(f"wrote {page} and {page.with_suffix('.md')}")
             return 0
+        if getattr(args, "shards", None) is not None:
+            return _sharded(args, command)
         if args.slurm or args.local:
             return _submit(args, command)
         result, path = run_protocol(

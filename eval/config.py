@@ -14,9 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from eval.search import INDEX_KINDS
 from ssl_distill.config import SlurmConfig, check_data_options, merge_checked, read_yaml
 from ssl_distill.errors import ConfigError
-from ssl_distill.schema import check_values, ranged
+from ssl_distill.schema import check_values, choice, ranged
 
 POOLINGS = ("cls", "mean", "cls_mean", "patch", "cls2", "consistent", "specific", "combined")  # the last four: named representations (eval/multiview.py)
 
@@ -69,6 +70,7 @@ class RunConfig:
     cache_dir: str | None = None  # None: $SSL_DISTILL_CACHE/eval
     progress: bool = True
     fit_threads: int | None = 1  # CPU threads for probes and heads on cached features (see ssl_distill/runtime.py)
+    threads: int | None = ranged(None, "[1, inf)")  # CPU threads for feature extraction; None keeps torch's
     small_split: int = 50  # warn when a split has fewer samples: its metrics have a standard error above 0.07
 
 
@@ -80,7 +82,22 @@ class FeaturesConfig:
 
 
 @dataclass
-class KNNConfig:
+class IndexSettings:
+    """The faiss index of knn and retrieve (eval/search.py IndexSpec): flat (exact) | ivf | ivfpq | hnsw."""
+
+    index: str = choice("flat", INDEX_KINDS)
+    nlist: int | None = ranged(None, "[1, inf)")  # ivf, ivfpq: k-means cells; None: 4 sqrt(bank size)
+    nprobe: int = ranged(32, "[1, inf)")  # ivf, ivfpq: cells visited per query (nprobe = nlist is exact)
+    m: int = ranged(32, "[1, inf)")  # ivfpq: sub-quantizers (must divide the dim); hnsw: neighbours per node
+    nbits: int = ranged(8, "[1, 16]")  # ivfpq: bits per sub-quantizer code
+    ef_search: int = ranged(128, "[1, inf)")  # hnsw
+    ef_construction: int = ranged(40, "[1, inf)")  # hnsw
+    train_size: int | None = ranged(None, "[1, inf)")  # ivf, ivfpq: sampled rows; None: min(N, 64 nlist)
+    recall_queries: int = ranged(1000, "[0, inf)")  # approximate kinds: queries checked against exact search
+
+
+@dataclass
+class KNNConfig(IndexSettings):
     bank_split: str = "train"
     query_split: str = "val"
     pooling: str = "cls"
@@ -123,14 +140,14 @@ class SegmentConfig:
 
 
 @dataclass
-class RetrieveConfig:
+class RetrieveConfig(IndexSettings):
     gallery_split: str = "train"
     query_split: str = "val"
     pooling: str = "cls"
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     map_k: int | None = None  # None ranks the whole gallery
     chunk_size: int = 1024
-    index: str | None = None  # a saved gallery index (labels in <index>.labels.npy) to search instead
+    load_index: str | None = None  # a saved gallery index (labels in <load_index>.labels.npy) to search instead
     save_index: str | None = None  # write the gallery index (and its labels) to this path
 
 

@@ -10,7 +10,7 @@ frame by frame (`FrameAverage`); either way the features sit on the 2-D (H', W')
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from ssl_distill.data import eval_transform
@@ -138,7 +138,7 @@ def backbone_for(backbone: nn.Module, adapter: Adapter) -> nn.Module:
 
 def adapter_for(source: Dataset, img_size: int | None, mean: list[float], std: list[float]) -> Adapter:
     """Pick the adapter from the first item: a dict with 'video' is a clip, anything else an image Sample."""
-    first = source[0]
+    first = next(iter(source)) if isinstance(source, IterableDataset) else source[0]
     if isinstance(first, dict) and "video" in first:
         return VideoAdapter()
     if img_size is None:
@@ -155,6 +155,14 @@ class _Adapted(Dataset):
 
     def __getitem__(self, index: int) -> Item:
         return self.adapter(self.source[index])
+
+
+class _AdaptedStream(IterableDataset):
+    def __init__(self, source: IterableDataset, adapter: Adapter) -> None:
+        self.source, self.adapter = source, adapter
+
+    def __iter__(self) -> Iterator[Item]:
+        return map(self.adapter, self.source)
 
 
 def _collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -198,8 +206,12 @@ def extract_features(
     backbone, and clips an image backbone, through `backbone_for`."""
     device = torch.device(device)
     backbone = backbone_for(backbone.eval().to(device), adapter)
+    if isinstance(dataset, IterableDataset):  # shards (data/shards.py): workers take turns by batch, in order
+        adapted: Dataset = _AdaptedStream(dataset.for_loader(batch_size), adapter)
+    else:
+        adapted = _Adapted(dataset, adapter)
     loader = DataLoader(
-        _Adapted(dataset, adapter),
+        adapted,
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,

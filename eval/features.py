@@ -26,17 +26,32 @@ def projection_sample(features: Features, size: int, seed: int = 0) -> dict[str,
     }
 
 
-def feature_statistics(feats: Tensor) -> dict[str, float]:
+def feature_statistics(feats: Tensor, chunk_size: int = 65536) -> dict[str, float]:
     """(N, D) -> collapse indicators: mean per-dimension std of normalised features (1/sqrt(D) when
-    spread out, 0 when collapsed), RankMe effective rank exp(entropy of normalised singular values), norm."""
-    feats = feats.float()
-    unit = torch.nn.functional.normalize(feats, dim=1)
-    singular = torch.linalg.svdvals(feats - feats.mean(0))
+    spread out, 0 when collapsed), RankMe effective rank exp(entropy of normalised singular values), norm.
+
+    One pass over `chunk_size` rows at a time (float64 sums), so a memory-mapped bank is never held whole:
+    the singular values of the centred features are the square roots of the eigenvalues of X'X - N m m'.
+    """
+    n, dim = feats.shape
+    total, unit_sum, unit_squares = (torch.zeros(dim, dtype=torch.float64) for _ in range(3))
+    gram, norms = torch.zeros(dim, dim, dtype=torch.float64), 0.0
+    for start in range(0, n, chunk_size):
+        chunk = feats[start : start + chunk_size].double()
+        unit = torch.nn.functional.normalize(chunk, dim=1)
+        total += chunk.sum(0)
+        unit_sum += unit.sum(0)
+        unit_squares += (unit**2).sum(0)
+        gram += chunk.T @ chunk
+        norms += float(chunk.norm(dim=1).sum())
+    mean = total / n
+    singular = torch.linalg.eigvalsh(gram - n * torch.outer(mean, mean)).clamp_min(0).sqrt()
     p = singular / singular.sum().clamp_min(1e-12) + 1e-12
+    unit_var = (unit_squares - unit_sum**2 / n) / max(n - 1, 1)
     return {
-        "normalized_std": float(unit.std(0).mean()),
+        "normalized_std": float(unit_var.clamp_min(0).sqrt().mean()),
         "effective_rank": float(torch.exp(-(p * p.log()).sum())),
-        "mean_norm": float(feats.norm(dim=1).mean()),
+        "mean_norm": norms / n,
     }
 
 

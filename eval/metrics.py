@@ -1,21 +1,22 @@
-"""Classification metrics shared by the protocols (scikit-learn underneath)."""
+"""Classification metrics shared by the protocols (scikit-learn underneath, imported on first use so
+that importing a protocol stays fast)."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-)
 
 
 def classification_metrics(labels: np.ndarray, ranked: np.ndarray) -> dict[str, float]:
     """labels (N,) and predicted classes ranked best first (N, r) -> top1, top5 (when r >= 5),
     balanced accuracy, macro F1, macro precision and macro recall."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        precision_score,
+        recall_score,
+    )
+
     labels = np.asarray(labels)
     ranked = np.asarray(ranked).reshape(len(labels), -1)
     predictions = ranked[:, 0]
@@ -44,4 +45,6 @@ def rank_classes(scores: np.ndarray) -> np.ndarray:
 
 def confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> list[list[int]]:
     """(C, C) counts, rows = true class, columns = predicted class."""
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(labels, predictions, labels=np.arange(num_classes)).tolist()

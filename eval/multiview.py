@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from eval.extract import Adapter, Features, Item, _Adapted
@@ -33,6 +33,8 @@ class MultiViewAdapter:
 
 def multiview_adapter(source: Dataset) -> MultiViewAdapter | None:
     """The adapter for a dataset of aligned views (its items name their views), else None."""
+    if isinstance(source, IterableDataset):  # shards hold single images or clips
+        return None
     first = source[0]
     return MultiViewAdapter() if isinstance(first, dict) and "view_names" in first else None
 

@@ -33,6 +33,7 @@ from eval.baselines import PIXELS, RawPixels
 from eval.config import RANDOM_WEIGHTS
 from eval.extract import Adapter, Features, adapter_for, extract_features
 from eval.multiview import REPRESENTATIONS, extract_representation, multiview_adapter
+from eval.slices import load_joined
 from ssl_distill.backbones import build_backbone, load_backbone
 from ssl_distill.backbones.export import read_preprocess
 from ssl_distill.checkpoints import resolve_run_path
@@ -41,7 +42,7 @@ from ssl_distill.data.bundled import cache_dir
 from ssl_distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ssl_distill.files import atomic_path
 from ssl_distill.registry import DATASETS, closest
-from ssl_distill.runtime import resolve_device
+from ssl_distill.runtime import cpu_threads, resolve_device
 
 CACHE_VERSION = 2
 FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
@@ -176,12 +177,16 @@ class FeatureCache:
     def path(self, key: dict[str, Any]) -> Path:
         return self.root / f"{_digest(key)}.pt"
 
+    def folder(self, key: dict[str, Any]) -> Path:
+        """Where sharded slices of `key` and their joined set live (eval/slices.py)."""
+        return self.root / _digest(key)
+
     def load(self, key: dict[str, Any]) -> Features | None:
         path = self.path(key)
         if not path.is_file():
             return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: a large bank is read page by page as it is used
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # a damaged file is a miss; it gets rewritten
             return None
         if state.get("key") != json.loads(json.dumps(key, default=str)):
@@ -286,7 +291,7 @@ class FeatureStore:
 
     def key(self, split: str, adapter: Adapter, pooling: str) -> dict[str, Any]:
         data = self.cfg.data
-        return {
+        key = {
             "version": CACHE_VERSION,
             "backbone": self.identity,
             "data": {
@@ -300,36 +305,57 @@ class FeatureStore:
             "adapter": getattr(adapter, "key", repr(adapter)),
             "pooling": pooling,
         }
+        content = getattr(self.source(split), "fingerprint", None)  # shards: their names, counts and hashes
+        if content is not None:
+            key["data"]["content"] = content
+        return key
 
-    def features(self, split: str, pooling: str = "cls") -> Features:
-        """Features of a split, from the cache when the key matches, else extracted (and cached)."""
-        source = self.source(split)
+    def adapted_key(self, split: str, pooling: str) -> tuple[Adapter, dict[str, Any]]:
+        """The adapter for a split's items and the cache key of its features."""
         data = self.cfg.data
         img_size = data.img_size or self.backbone.spec.get("img_size")
+        source = self.source(split)
         adapter = multiview_adapter(source) or adapter_for(source, img_size, *self.normalization)
         if pooling not in REPRESENTATIONS and adapter.key["kind"] == "multiview":
             raise ValueError(f"dataset '{data.name}' has aligned views: set pooling to a named representation {REPRESENTATIONS}")
-        key = self.key(split, adapter, pooling)
-        self.sizes[split] = len(source)
-        self._check_size(split, len(source))
+        return adapter, self.key(split, adapter, pooling)
+
+    def extract(self, split: str, adapter: Adapter, pooling: str, source: Dataset | None = None) -> Features:
+        """Features of a split (or of `source`, a part of it), computed now."""
+        data = self.cfg.data
+        extract = extract_representation if pooling in REPRESENTATIONS else extract_features
+        with cpu_threads(self.cfg.run.threads):
+            return extract(
+                self.backbone,
+                self.source(split) if source is None else source,
+                adapter,
+                pooling=pooling,
+                batch_size=data.batch_size,
+                num_workers=data.num_workers,
+                device=self.device,
+                classes=self.classes(split),
+                progress=self.cfg.run.progress,
+                desc=f"features {data.name}/{split}",
+            )
+
+    def features(self, split: str, pooling: str = "cls") -> Features:
+        """Features of a split: a joined set of sharded slices (memory-mapped) or the cache when the key
+        matches, else extracted (and cached)."""
+        adapter, key = self.adapted_key(split, pooling)
+        size = len(self.source(split))
+        self.sizes[split] = size
+        self._check_size(split, size)
+        name = self.cfg.data.name
+        if self.cfg.run.cache and (joined := load_joined(self.cache.folder(key), key)) is not None:
+            self.used[f"{split}/{pooling}"] = str(self.cache.folder(key))
+            self.say(f"features {name}/{split} ({pooling}, {len(joined)} samples): joined slices")
+            return self._aligned(joined)
         if self.cfg.run.cache and (cached := self.cache.load(key)) is not None:
             self.used[f"{split}/{pooling}"] = str(self.cache.path(key))
             hit = self.cache.path(key).stem
-            self.say(f"features {data.name}/{split} ({pooling}, {len(cached)} samples): cache hit ({hit})")
+            self.say(f"features {name}/{split} ({pooling}, {len(cached)} samples): cache hit ({hit})")
             return self._aligned(cached)
-        extract = extract_representation if pooling in REPRESENTATIONS else extract_features
-        features = extract(
-            self.backbone,
-            source,
-            adapter,
-            pooling=pooling,
-            batch_size=data.batch_size,
-            num_workers=data.num_workers,
-            device=self.device,
-            classes=self.classes(split),
-            progress=self.cfg.run.progress,
-            desc=f"features {data.name}/{split}",
-        )
+        features = self.extract(split, adapter, pooling)
         if self.cfg.run.cache:
             self.used[f"{split}/{pooling}"] = str(self.cache.save(key, features))
         return self._aligned(features)

@@ -82,6 +82,22 @@ def _synth_echo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from ssl_distill.config import ConfigError
+    from ssl_distill.data.shards import shard_input, write_shards
+
+    if bad := [item for item in args.option if "=" not in item]:
+        raise ConfigError(f"--option '{bad[0]}' is not of the form key=value")
+    options = OmegaConf.to_container(OmegaConf.from_dotlist(args.option))
+    source = shard_input(args.src, args.split, args.limit, **options)
+    manifest = write_shards(source, args.out, args.shard_size, progress=True)
+    skipped = f"; skipped {len(manifest['skipped'])} unreadable (see the warnings)" if manifest["skipped"] else ""
+    print(f"wrote {manifest['count']} {manifest['kind']} samples in {len(manifest['shards'])} shards to {args.out}{skipped}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-distill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--fps", type=int, default=50)
     echo.add_argument("--abnormal-fraction", type=float, default=0.5)
     echo.set_defaults(run=_synth_echo)
+    shard = generators.add_parser(
+        "shard", help="write an image source or videos as WebDataset tar shards (data.name=shards reads them)"
+    )
+    shard.add_argument("src", help="dataset name (mnist, shapes, echo_video, ...), image folder, CSV, or EchoNet-style folder")
+    shard.add_argument("out", type=Path, help="folder for shard-NNNNNN.tar and shards.json")
+    shard.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    shard.add_argument("--split", default="train")
+    shard.add_argument("--limit", type=int, default=None, help="only the first N items")
+    shard.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option (repeatable)")
+    shard.set_defaults(run=_shard)
     return parser
 
 

@@ -23,13 +23,14 @@ def weighted_vote(
     """sims (M, k) cosine similarities and neighbor_labels (M, k) -> (M, C) class scores summing to 1.
 
     The weights exp(sim / T) are scaled per query by exp(-max sim / T), which leaves the vote unchanged
-    and keeps small temperatures from overflowing.
+    and keeps small temperatures from overflowing. A neighbour with sim -inf (not found by an approximate
+    index) has no weight.
     """
     sims = torch.as_tensor(sims, dtype=torch.float64)
-    weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature)
+    weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature).nan_to_num(0.0)
     votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64, device=sims.device)
     votes.scatter_add_(1, torch.as_tensor(neighbor_labels, dtype=torch.int64, device=sims.device), weights)
-    return votes / votes.sum(dim=1, keepdim=True)
+    return votes / votes.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
 
 
 def cosine_neighbors(bank: Tensor, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:

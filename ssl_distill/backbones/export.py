@@ -39,7 +39,7 @@ def preprocess_of(cfg: DictConfig | dict) -> dict[str, list[float]]:
     """The normalisation a training config fed the model: the clip options' (video) or the view transform's."""
     data = OmegaConf.create(cfg).data if isinstance(cfg, dict) else cfg.data
     for section in (data.get("options") or {}, data.get("transform") or {}):
-        if "mean" in section and "std" in section:
+        if section.get("mean") is not None and section.get("std") is not None:
             return {"mean": [float(v) for v in section.mean], "std": [float(v) for v in section.std]}
     return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 

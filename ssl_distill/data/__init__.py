@@ -4,6 +4,7 @@ from ssl_distill.data import image_text, multiview  # noqa: F401  (register thei
 from ssl_distill.data.echo_frames import EchoFrames as EchoFrames
 from ssl_distill.data.images import ImageSource, Sample, build_source
 from ssl_distill.data.loader import ResumableSampler, ViewDataset, build_loader, seeded_call
+from ssl_distill.data.shards import ShardSource as ShardSource
 from ssl_distill.data.transforms import build_transform, eval_transform
 from ssl_distill.data.video import VideoClipDataset as VideoClipDataset
 

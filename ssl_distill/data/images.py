@@ -31,6 +31,7 @@ class Sample:
     label: int
     mask: np.ndarray | None = None  # (H, W) integer class per pixel
     skipped: int = 0  # unreadable files passed over to give this sample
+    caption: str | None = None  # a CSV source's `caption` column (carried into shards)
 
 
 class ImageSource(Dataset):
@@ -77,14 +78,22 @@ def read_image(path: Path) -> Image.Image:
 
 
 class FileSource(ImageSource):
-    """Image files with labels. A file that cannot be read is skipped with a warning naming it, counted in
-    the sample's `skipped`, and the next file takes its place (as bad videos are); `max_failures`
-    unreadable files in a row raise DataError naming them."""
+    """Image files with labels (and optional captions). A file that cannot be read is skipped with a
+    warning naming it, counted in the sample's `skipped`, and the next file takes its place (as bad videos
+    are); `max_failures` unreadable files in a row raise DataError naming them."""
 
-    def __init__(self, files: list[Path], labels: list[int], classes: tuple[str, ...], max_failures: int = 16):
+    def __init__(
+        self,
+        files: list[Path],
+        labels: list[int],
+        classes: tuple[str, ...],
+        captions: list[str] | None = None,
+        max_failures: int = 16,
+    ):
         if not files:
             raise FileNotFoundError("no images found")
-        self.files, self.labels, self.classes, self.max_failures = files, labels, classes, max_failures
+        self.files, self.labels, self.classes, self.captions = files, labels, classes, captions
+        self.max_failures = max_failures
 
     def __len__(self) -> int:
         return len(self.files)
@@ -94,10 +103,13 @@ class FileSource(ImageSource):
         for attempt in range(min(len(self), self.max_failures)):
             current = (index + attempt) % len(self)
             try:
-                return Sample(read_image(self.files[current]), self.labels[current], skipped=attempt)
+                image = read_image(self.files[current])
             except (OSError, ValueError) as error:
                 failed.append(str(self.files[current]))
                 warnings.warn(f"skipping unreadable image {self.files[current]}: {error}", stacklevel=2)
+                continue
+            caption = None if self.captions is None else self.captions[current]
+            return Sample(image, self.labels[current], skipped=attempt, caption=caption)
         raise DataError(f"{len(failed)} images in a row could not be read: {', '.join(failed)}")
 
 
@@ -199,7 +211,7 @@ def _class_order(names: set[str]) -> tuple[str, ...]:
 
 @DATASETS.register("csv", config=NoOptions)
 def csv_list(root: str | None = None, split: str = "train", limit: int | None = None) -> ImageSource:
-    """A CSV with columns `path` and optional `label` (and optional `split`); paths relative to the CSV.
+    """A CSV with columns `path` and optional `label`, `split` and `caption`; paths relative to the CSV.
 
     The class list comes from every row (all splits), so labels mean the same in each split. Every listed
     file of the split is checked up front: missing ones are named in one error."""
@@ -221,7 +233,8 @@ def csv_list(root: str | None = None, split: str = "train", limit: int | None = 
             f"{root}: {len(missing)} of {len(files)} listed files do not exist, e.g. {', '.join(missing[:3])}"
         )
     labels = [classes.index(row.get("label") or "") for row in rows]
-    return _limit(FileSource(files, labels, classes), limit)
+    captions = [row["caption"] for row in rows] if "caption" in rows[0] else None
+    return _limit(FileSource(files, labels, classes, captions), limit)
 
 
 def build_source(name: str, root: str | None = None, split: str = "train", limit: int | None = None, **options: Any) -> Any:

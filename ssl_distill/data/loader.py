@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 Key = tuple[int, int] | int  # (index, sample_seed), or an index that is its own seed
 
@@ -48,6 +48,15 @@ def seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
     with kept_rng_states():
         seed_rngs(seed)
         return fn()
+
+
+def view_item(sample: Any, transform: Callable, index: int) -> dict[str, Any]:
+    """A Sample -> {'views': [view tensors], 'label', 'index', 'skipped'[, 'mask']}; the transform draws
+    from the global RNGs (seed them first)."""
+    item = {"views": transform(sample.image), "label": sample.label, "index": index, "skipped": sample.skipped}
+    if sample.mask is not None:
+        item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
+    return item
 
 
 class SeededDataset(Dataset):
@@ -90,10 +99,7 @@ class ViewDataset(SeededDataset):
         return len(self.source)
 
     def _item(self, index: int) -> dict[str, Any]:
-        sample = self.source[index]
-        item = {"views": self.transform(sample.image), "label": sample.label, "index": index, "skipped": sample.skipped}
-        if sample.mask is not None:
-            item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
+        item = view_item(self.source[index], self.transform, index)
         if hasattr(self.source, "extras"):
             item.update(self.source.extras(index))  # under the item's seed, after the views
         return item
@@ -165,9 +171,16 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
-def build_loader(dataset: Dataset, sampler: ResumableSampler, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Batches of `sampler.batch_size`. The loader's own generator draws the workers' base seed, so
-    iterating never touches the global RNG (items are seeded by their sample seed anyway)."""
+def build_loader(dataset: Dataset, sampler: ResumableSampler | Any, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of `sampler.batch_size` in `sampler`'s order. The loader's own generator draws the workers'
+    base seed, so iterating never touches the global RNG (items are seeded by their sample seed anyway).
+    A stream (IterableDataset, data/shards.py) orders, splits and batches itself, and `sampler` is then
+    the stream too."""
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(
+            dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator(),
+            worker_init_fn=ignore_stop_signals if num_workers else None,
+        )
     return DataLoader(
         dataset,
         batch_size=sampler.batch_size,

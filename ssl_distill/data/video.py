@@ -18,6 +18,7 @@ in forked DataLoader workers (benchmarks/README.md, "Loader"). `echo_frames` rea
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -62,9 +63,10 @@ class VideoFile:
     that lands past the first index) it decodes from the start of the file, counting frames.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.container = av.open(path)
+    def __init__(self, source: str | bytes) -> None:
+        self.source = source  # a path, or a file's bytes (a shard member)
+        self.path = source if isinstance(source, str) else f"<{len(source)} bytes>"
+        self.container = self._open()
         if not self.container.streams.video:
             raise ValueError("no video stream")
         self.stream = self.container.streams.video[0]
@@ -102,9 +104,12 @@ class VideoFile:
                 return frames if len(frames) == len(wanted) else None
         return None
 
+    def _open(self) -> av.container.InputContainer:
+        return av.open(self.source if isinstance(self.source, str) else io.BytesIO(self.source))
+
     def _from_start(self, indices: Sequence[int]) -> dict[int, np.ndarray]:
         wanted, frames = set(indices), {}
-        with av.open(self.path) as container:
+        with self._open() as container:
             container.streams.video[0].thread_type = "NONE"
             for i, frame in enumerate(container.decode(video=0)):
                 if i in wanted:
@@ -249,19 +254,108 @@ def video_entries(source: str | Path | Sequence[str | Path], split: str = "all")
     return [VideoEntry(Path(p)) for p in source]
 
 
-class VideoClipDataset(SeededDataset):
-    """Clips of `num_frames` frames, `stride` apart, with one random resized crop (and optional
-    horizontal flip) shared by all frames of the item, resized to `img_size` and normalised.
+class ClipSampler:
+    """Clips of `num_frames` frames, `stride` apart, from an opened video, with one random resized crop
+    (and optional horizontal flip) shared by all frames of the item, resized to `img_size` and normalised.
+
+    K = clips_per_video > 1 gives K clips (random starts, or the centres of K equal stretches with
+    'uniform'). `crop_scale=None` turns the crop off (the whole frame is resized). Draws from torch's
+    global RNG: seed it (`seeded_call`) for reproducible clips.
+    """
+
+    def __init__(
+        self,
+        num_frames: int = 16,
+        stride: int = 2,
+        clip_sampling: str = "random",
+        clips_per_video: int = 1,
+        img_size: int = 112,
+        crop_scale: Sequence[float] | None = (0.5, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if clip_sampling not in ("random", "uniform"):
+            raise ValueError(f"clip_sampling must be 'random' or 'uniform', got '{clip_sampling}'")
+        if num_frames < 1 or stride < 1 or clips_per_video < 1:
+            raise ValueError(
+                f"num_frames, stride and clips_per_video must be >= 1, got {num_frames}, {stride}, {clips_per_video}"
+            )
+        self.num_frames, self.stride = num_frames, stride
+        self.clip_sampling, self.clips_per_video = clip_sampling, clips_per_video
+        self.img_size, self.hflip = img_size, hflip
+        self.crop_scale = None if crop_scale is None else tuple(crop_scale)
+        self.crop_ratio = tuple(crop_ratio)
+        self.mean, self.std = list(mean), list(std)
+
+    @property
+    def span(self) -> int:
+        """Source frames covered by one clip."""
+        return (self.num_frames - 1) * self.stride + 1
+
+    def _starts(self, total: int) -> torch.Tensor:
+        """(K,) first frame of each clip."""
+        last = total - self.span
+        if self.clip_sampling == "random":
+            return torch.randint(0, last + 1, (self.clips_per_video,)).sort().values
+        return ((torch.arange(self.clips_per_video) + 0.5) * (last + 1) / self.clips_per_video).long()
+
+    def read_clips(
+        self, video: VideoFile, masks: np.ndarray | None = None, masks_name: str = "masks"
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 frames (K, T, H, W, 3) from an open video, and the same frames of per-frame masks
+        (total frames, H, W) -> (K, T, H, W), or None."""
+        total = len(video)
+        if total < self.span:
+            raise ValueError(
+                f"{total} frames, fewer than one clip ({self.num_frames} frames at stride {self.stride})"
+            )
+        indices = self._starts(total)[:, None] + self.stride * torch.arange(self.num_frames)
+        frames = np.stack([video.read(clip) for clip in indices.tolist()])
+        if masks is None:
+            return frames, None
+        if masks.shape != (total, *frames.shape[2:4]):
+            raise ValueError(f"{masks_name} have shape {masks.shape}, the video {(total, *frames.shape[2:4])}")
+        return frames, np.asarray(masks[indices.numpy()])
+
+    def to_tensors(self, frames: np.ndarray, masks: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """{'video': (C, T, H, W) or (K, C, T, H, W) float[, 'frame_masks': (T, H, W) or (K, T, H, W) long]}."""
+        k, t = frames.shape[:2]
+        video = torch.from_numpy(frames).flatten(0, 1).permute(0, 3, 1, 2)  # (K*T, C, H, W)
+        target = None if masks is None else torch.from_numpy(masks).flatten(0, 1)
+        size = [self.img_size, self.img_size]
+        if self.crop_scale is None:
+            box = (0, 0, *video.shape[-2:])
+        else:
+            box = RandomResizedCrop.get_params(video, list(self.crop_scale), list(self.crop_ratio))
+        video = F.resized_crop(video, *box, size, antialias=True)
+        if target is not None:
+            target = F.resized_crop(target, *box, size, interpolation=InterpolationMode.NEAREST)
+        if self.hflip > 0 and torch.rand(()) < self.hflip:
+            video = F.horizontal_flip(video)
+            target = None if target is None else F.horizontal_flip(target)
+        video = F.normalize(F.to_dtype(video, torch.float32, scale=True), self.mean, self.std)
+        video = video.unflatten(0, (k, t)).transpose(1, 2)  # (K, C, T, H, W)
+        item = {"video": video}
+        if target is not None:
+            item["frame_masks"] = target.unflatten(0, (k, t)).long()
+        if self.clips_per_video == 1:
+            item = {key: value[0] for key, value in item.items()}
+        return item
+
+
+class VideoClipDataset(ClipSampler, SeededDataset):
+    """Clips of the videos of a source (see `ClipSampler` for the clip settings).
 
     Items: {'video': (C, T, H, W) float, or (K, C, T, H, W) when clips_per_video K > 1,
     'label': int, 'ef': float (nan when unknown), 'index': int (the video actually read),
     'skipped': int (bad files passed over for this item)}, plus 'frame_masks' (T, H, W) or
-    (K, T, H, W) long with `with_masks`. K > 1 gives one item per video holding K clips (random
-    starts, or the centres of K equal stretches with 'uniform'), for clip-averaged evaluation.
-    `crop_scale=None` turns the crop off (the whole frame is resized). `dataset[(index, seed)]`
-    seeds the clip starts and the crop; `dataset[index]` uses seed = index. A bad file is replaced
-    by the next video; `max_failures` bad files in a row raise a DataError naming them.
-    `open_readers`: videos kept open per process (`ReaderCache`; fewer for large videos).
+    (K, T, H, W) long with `with_masks`. K > 1 gives one item per video holding K clips, for
+    clip-averaged evaluation. `dataset[(index, seed)]` seeds the clip starts and the crop;
+    `dataset[index]` uses seed = index. A bad file is replaced by the next video; `max_failures`
+    bad files in a row raise a DataError naming them. `open_readers`: videos kept open per process
+    (`ReaderCache`; fewer for large videos).
     """
 
     def __init__(
@@ -283,23 +377,13 @@ class VideoClipDataset(SeededDataset):
         max_failures: int = 16,
         open_readers: int = 16,
     ) -> None:
-        if clip_sampling not in ("random", "uniform"):
-            raise ValueError(f"clip_sampling must be 'random' or 'uniform', got '{clip_sampling}'")
-        if num_frames < 1 or stride < 1 or clips_per_video < 1:
-            raise ValueError(
-                f"num_frames, stride and clips_per_video must be >= 1, got {num_frames}, {stride}, {clips_per_video}"
-            )
+        super().__init__(num_frames, stride, clip_sampling, clips_per_video, img_size, crop_scale, crop_ratio, hflip, mean, std)
         self.entries = video_entries(source, split)[:limit]
         if not self.entries:
             raise FileNotFoundError(f"no videos in {source} for split '{split}'")
         if with_masks and not any(entry.masks for entry in self.entries):
             raise FileNotFoundError(f"with_masks: no Masks/<FileName>.npy found for the videos of {source}")
-        self.num_frames, self.stride = num_frames, stride
-        self.clip_sampling, self.clips_per_video = clip_sampling, clips_per_video
-        self.img_size, self.hflip, self.with_masks = img_size, hflip, with_masks
-        self.crop_scale = None if crop_scale is None else tuple(crop_scale)
-        self.crop_ratio = tuple(crop_ratio)
-        self.mean, self.std = list(mean), list(std)
+        self.with_masks = with_masks
         self.max_failures = max_failures
         self.readers = ReaderCache(open_readers)
         self.skipped = 0
@@ -309,11 +393,6 @@ class VideoClipDataset(SeededDataset):
     def provides(self) -> frozenset[str]:
         keys = {"video", "label", "ef", "index", "skipped"}
         return frozenset(keys | {"frame_masks"} if self.with_masks else keys)
-
-    @property
-    def span(self) -> int:
-        """Source frames covered by one clip."""
-        return (self.num_frames - 1) * self.stride + 1
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -339,61 +418,16 @@ class VideoClipDataset(SeededDataset):
                 "ef": entry.ef,
                 "index": current,
                 "skipped": attempt,
-                **self._transform(frames, masks),
+                **self.to_tensors(frames, masks),
             }
         raise DataError(f"{len(failed)} videos in a row could not be read: {', '.join(failed)}")
-
-    def _starts(self, total: int) -> torch.Tensor:
-        """(K,) first frame of each clip."""
-        last = total - self.span
-        if self.clip_sampling == "random":
-            return torch.randint(0, last + 1, (self.clips_per_video,)).sort().values
-        return ((torch.arange(self.clips_per_video) + 0.5) * (last + 1) / self.clips_per_video).long()
 
     def _read(self, entry: VideoEntry) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 frames (K, T, H, W, 3) and masks (K, T, H, W) or None."""
         if self.with_masks and entry.masks is None:
             raise FileNotFoundError("no mask file")
-        video = self.readers.get(entry.path)
-        total = len(video)
-        if total < self.span:
-            raise ValueError(
-                f"{total} frames, fewer than one clip ({self.num_frames} frames at stride {self.stride})"
-            )
-        indices = self._starts(total)[:, None] + self.stride * torch.arange(self.num_frames)
-        frames = np.stack([video.read(clip) for clip in indices.tolist()])
-        if not self.with_masks:
-            return frames, None
-        masks = np.load(entry.masks, mmap_mode="r")
-        if masks.shape != (total, *frames.shape[2:4]):
-            raise ValueError(
-                f"masks {entry.masks} have shape {masks.shape}, the video {(total, *frames.shape[2:4])}"
-            )
-        return frames, np.asarray(masks[indices.numpy()])
-
-    def _transform(self, frames: np.ndarray, masks: np.ndarray | None) -> dict[str, torch.Tensor]:
-        k, t = frames.shape[:2]
-        video = torch.from_numpy(frames).flatten(0, 1).permute(0, 3, 1, 2)  # (K*T, C, H, W)
-        target = None if masks is None else torch.from_numpy(masks).flatten(0, 1)
-        size = [self.img_size, self.img_size]
-        if self.crop_scale is None:
-            box = (0, 0, *video.shape[-2:])
-        else:
-            box = RandomResizedCrop.get_params(video, list(self.crop_scale), list(self.crop_ratio))
-        video = F.resized_crop(video, *box, size, antialias=True)
-        if target is not None:
-            target = F.resized_crop(target, *box, size, interpolation=InterpolationMode.NEAREST)
-        if self.hflip > 0 and torch.rand(()) < self.hflip:
-            video = F.horizontal_flip(video)
-            target = None if target is None else F.horizontal_flip(target)
-        video = F.normalize(F.to_dtype(video, torch.float32, scale=True), self.mean, self.std)
-        video = video.unflatten(0, (k, t)).transpose(1, 2)  # (K, C, T, H, W)
-        item = {"video": video}
-        if target is not None:
-            item["frame_masks"] = target.unflatten(0, (k, t)).long()
-        if self.clips_per_video == 1:
-            item = {key: value[0] for key, value in item.items()}
-        return item
+        masks = np.load(entry.masks, mmap_mode="r") if self.with_masks else None
+        return self.read_clips(self.readers.get(entry.path), masks, f"masks {entry.masks}")
 
 
 def synthetic_echo(preset: str = "adult", n: int = 48, seed: int = 0) -> Path:

@@ -24,12 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import IterableDataset
 
 from ssl_distill import checkpoints as ckpt
 from ssl_distill.backbones import backbone_weights, export_backbone
 from ssl_distill.backbones.export import export_run
 from ssl_distill.config import config_changes, from_yaml, to_yaml
-from ssl_distill.data import ResumableSampler, ViewDataset, build_loader, build_source, build_transform
+from ssl_distill.data import (
+    ResumableSampler,
+    ShardSource,
+    ViewDataset,
+    build_loader,
+    build_source,
+    build_transform,
+)
 from ssl_distill.engine import run_record
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
 from ssl_distill.engine.logger import MetricsLogger
@@ -78,10 +86,17 @@ class TrainResult:
     steps: int = 0
 
 
-def build_dataset(cfg: DictConfig) -> Any:
-    """The training dataset: an image source wrapped with its view transform, or a dataset that
-    already yields batch dicts (video). Each states the batch keys it `provides`."""
+def build_dataset(cfg: DictConfig, dist_env: DistEnv | None = None) -> Any:
+    """The training dataset: an image source wrapped with its view transform, a dataset that already
+    yields batch dicts (video), or a stream of this rank's batches (shards). Each states the batch keys
+    it `provides`."""
     source = build_source(cfg.data.name, cfg.data.root, cfg.data.split, cfg.data.limit, **cfg.data.options)
+    if isinstance(source, ShardSource):
+        dist_env = dist_env or DistEnv()
+        transform = build_transform(cfg.data.transform) if source.kind == "image" else None
+        return source.stream(
+            transform, cfg.data.batch_size, cfg.run.seed, dist_env.rank, dist_env.world_size, cfg.data.num_workers
+        )
     if hasattr(source, "provides"):
         return source
     return ViewDataset(source, build_transform(cfg.data.transform))
@@ -121,7 +136,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
-        self.dataset = build_dataset(cfg)
+        self.dataset = build_dataset(cfg, dist_env)
         objective_cls = OBJECTIVES.get(cfg.objective.name)
         missing = set(objective_cls.requires) - set(self.dataset.provides)
         if missing:
@@ -129,9 +144,13 @@ class Trainer:
                 f"objective '{cfg.objective.name}' needs batch keys {sorted(missing)} that dataset "
                 f"'{cfg.data.name}' does not provide (it gives {sorted(self.dataset.provides)})"
             )
-        self.sampler = ResumableSampler(
-            len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=self.rank, world_size=self.world_size, endless=True
-        )
+        if isinstance(self.dataset, IterableDataset):  # a stream orders, splits and batches itself (data/shards.py)
+            self.sampler = self.dataset
+        else:
+            self.sampler = ResumableSampler(
+                len(self.dataset), cfg.data.batch_size, cfg.run.seed, rank=self.rank, world_size=self.world_size,
+                endless=True,
+            )
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.max_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
@@ -324,13 +343,16 @@ class Trainer:
         they must not be left for interpreter exit to terminate."""
         epoch, start = divmod(self.step, self.steps_per_epoch)
         self.sampler.set_epoch(epoch, start)
-        iterator = iter(build_loader(self.dataset, self.sampler, self.cfg.data.num_workers, self.device.type == "cuda"))
-        try:
-            yield from iterator
-        finally:
-            shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-worker iterator
-            if shutdown is not None:
-                shutdown()
+        while True:  # once over the endless sampler; a stream (shards) is read an epoch at a time
+            iterator = iter(build_loader(self.dataset, self.sampler, self.cfg.data.num_workers, self.device.type == "cuda"))
+            try:
+                yield from iterator
+            finally:
+                shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's multi-worker iterator
+                if shutdown is not None:
+                    shutdown()
+            epoch += 1
+            self.sampler.set_epoch(epoch, 0)
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train to max_steps (or to `stop_at`, saving a checkpoint there, as a preempted job would).

@@ -156,7 +156,7 @@ def test_retrieve_saves_and_reuses_its_gallery_index(tmp_path, cache):
                 "--out",
                 str(second),
                 *args,
-                f"retrieve.index={index}",
+                f"retrieve.load_index={index}",
             ]
         )
         == 0
