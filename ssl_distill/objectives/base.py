@@ -6,24 +6,32 @@
   the hidden patches or tubelets (MAE, VideoMAE; DMAE, G2SD and Hybrid Distillation add teachers).
 - `SelfDistillationObjective`: EMA teachers of declared students, DINO heads, centred and sharpened
   teacher outputs with a temperature warmup (DINO, DISCOVR; CMD, CoTAP and TIPS build on it).
+- `ClassificationObjective`: supervised fine-tuning of a (pretrained) encoder with a head, MAE's recipe
+  (layer-wise lr decay, label smoothing, mixup/cutmix) and validation top-1 (`finetune`, G2SD's specific
+  stage).
 
 A new method is one file in this package that subclasses one of them and registers itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from lightly.models import utils
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
-from ssl_distill.backbones import Encoded, build_backbone, mask_from_keep
-from ssl_distill.errors import BackboneLoadError
+from ssl_distill.backbones import Encoded, build_backbone, load_backbone, mask_from_keep
+from ssl_distill.errors import BackboneLoadError, ConfigError
 from ssl_distill.losses import MaskedReconstructionLoss
 from ssl_distill.modules.centering import TeacherCentering
+from ssl_distill.modules.classifier import POOLS, Classifier
 from ssl_distill.modules.decoder import DecoderConfig, PixelDecoder
 from ssl_distill.modules.ema import EMA
 from ssl_distill.modules.heads import DINOHeadConfig, dino_head
@@ -66,6 +74,18 @@ class Objective(nn.Module):
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (EMA teachers, centres, prototypes)."""
 
+    def validate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        """Metrics on the validation split (`data.val_split`, eval transform, batches already on the device),
+        which the trainer logs every `train.eval_every` steps and at the end; {} when the method has none.
+        Report the sample count beside each metric (`val_n`)."""
+        return {}
+
+    @classmethod
+    def variant(cls, section: Any) -> type[Objective]:
+        """The class that trains the `objective` config section `section`: this one, or for a method with
+        stages (G2SD) the class of the stage it names."""
+        return cls
+
     def train(self, mode: bool = True) -> Objective:
         """Set the mode; teachers (modules with `frozen = True`: EMA copies, frozen teachers) stay in eval."""
         super().train(mode)
@@ -107,12 +127,18 @@ class Objective(nn.Module):
 
 
 @dataclass
-class MaskedModelingConfig:
+class MaskingConfig:
     """The keys every masked-modelling objective shares (`objective.*`)."""
 
     mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+
+@dataclass
+class MaskedModelingConfig(MaskingConfig):
+    """... and those that reconstruct pixels."""
+
+    norm_pix_loss: bool = True
 
 
 @dataclass
@@ -136,10 +162,12 @@ class MaskedModelingObjective(Objective):
     and tubelets standardised per channel (VideoMAE's target). The decoder's output size is the backbone's
     pixels per token, so the channel count comes from the model. Subclasses add teachers in
     `build_teachers()` (called between the encoder and the decoder, so every objective builds its modules
-    in the same order) and reuse `reconstruct` in their `forward`.
+    in the same order) and reuse `reconstruct` in their `forward`. A subclass with `reconstructs = False`
+    (G2SD) gets a decoder trunk (no final norm, no pixel head; read `decoder.hidden`) and no pixel loss.
     """
 
     parts = ("decoder",)
+    reconstructs: ClassVar[bool] = True
 
     def __init__(self, cfg: DictConfig, max_steps: int) -> None:
         super().__init__(cfg, max_steps)
@@ -147,9 +175,16 @@ class MaskedModelingObjective(Objective):
         self.backbone = build_backbone(cfg.model)
         self.video = len(self.backbone.grid_size) == 3
         self.build_teachers()
-        self.decoder = PixelDecoder.for_backbone(self.backbone, o.decoder)
-        self.reconstruction = MaskedReconstructionLoss(norm_pix=o.norm_pix_loss and not self.video)
+        self.decoder = self.build_decoder(self.backbone, o.decoder)
+        if self.reconstructs:
+            self.reconstruction = MaskedReconstructionLoss(norm_pix=o.norm_pix_loss and not self.video)
         self.mask_ratio = o.mask_ratio
+
+    @classmethod
+    def build_decoder(cls, backbone: nn.Module, cfg: DecoderConfig) -> PixelDecoder:
+        if cls.reconstructs:
+            return PixelDecoder.for_backbone(backbone, cfg)
+        return PixelDecoder(backbone.grid_size, backbone.embed_dim, None, cfg)
 
     def build_teachers(self) -> None:
         """Teachers, adapters and heads of a distilling subclass (nothing for plain MAE)."""
@@ -187,7 +222,7 @@ class MaskedModelingObjective(Objective):
     @classmethod
     def build_part(cls, cfg: DictConfig, part: str) -> nn.Module:
         if part == "decoder":
-            return PixelDecoder.for_backbone(build_backbone(cfg.model, initialize=False), cfg.objective.decoder)
+            return cls.build_decoder(build_backbone(cfg.model, initialize=False), cfg.objective.decoder)
         return super().build_part(cfg, part)
 
 
@@ -242,3 +277,140 @@ class SelfDistillationObjective(Objective):
         for module in self.modules():
             if isinstance(module, TeacherCentering):
                 module.update()
+
+
+# -- supervised classification (fine-tuning) ------------------------------------------------------------
+
+
+@dataclass
+class ClassificationConfig:
+    """The keys every classification objective shares (`objective.*`): MAE's fine-tuning recipe (official
+    `main_finetune.py`, `util/lr_decay.py`): mixup 0.8 / cutmix 1.0 / smoothing 0.1 through timm's `Mixup`,
+    layer-wise lr decay 0.75 (timm's `param_groups_layer_decay`), head at std 2e-5."""
+
+    num_classes: int = MISSING
+    pretrained: str | None = None  # encoder weights: a run dir, checkpoint, .safetensors or timm name; None: scratch
+    pool: str = "avg"  # avg (MAE's global pool) | cls
+    layer_decay: float = 0.75  # lr of block i scaled by layer_decay^(depth - i); 1.0 switches it off
+    label_smoothing: float = 0.1
+    mixup: float = 0.8  # mixup alpha; 0 with cutmix 0 switches mixing off
+    cutmix: float = 1.0  # cutmix alpha
+    mix_prob: float = 1.0  # probability of mixing a batch
+    switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    head_init_std: float = 2e-5
+
+
+class ClassificationObjective(Objective):
+    """A classifier on the (pretrained) encoder, trained on labels with MAE's fine-tuning recipe; validation
+    top-1 on `data.val_split` (in metrics.csv as `val_top1`, with `val_n`). Subclasses add teachers in
+    `build_teachers()` and a distillation token with `distillation_token = True` (G2SD's specific stage).
+
+    The encoder's position table, fixed during masked pretraining, is learned here as in MAE's fine-tuning.
+    Parameters outside the encoder (heads, distillation token) get the top layer's lr (scale 1).
+    """
+
+    requires = frozenset({"views", "label"})
+    default_transform = {"name": "finetune"}
+    parts = ("classifier",)
+    distillation_token: ClassVar[bool] = False
+
+    def __init__(self, cfg: DictConfig, max_steps: int) -> None:
+        super().__init__(cfg, max_steps)
+        o = cfg.objective
+        if not cfg.data.val_split:
+            raise ConfigError(f"objective '{o.name}' records validation top-1: set data.val_split (e.g. val)")
+        self.classifier = self.build_classifier(cfg)
+        if o.pretrained is not None:
+            load_encoder_weights(self.backbone, o.pretrained)
+        self.backbone.vit.pos_embed.requires_grad_(True)
+        mixing = o.mixup > 0 or o.cutmix > 0
+        if mixing and cfg.data.batch_size % 2:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size}: mixup/cutmix pair images, it must be even")
+        self.mix = (
+            Mixup(
+                mixup_alpha=o.mixup, cutmix_alpha=o.cutmix, prob=o.mix_prob, switch_prob=o.switch_prob,
+                label_smoothing=o.label_smoothing, num_classes=o.num_classes,
+            )
+            if mixing
+            else None
+        )
+        if mixing:
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif o.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(o.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.build_teachers()
+
+    @classmethod
+    def build_classifier(cls, cfg: DictConfig, initialize: bool = True) -> Classifier:
+        o = cfg.objective
+        if o.pool not in POOLS:
+            raise ConfigError(f"objective.pool must be one of {POOLS}, got '{o.pool}'")
+        backbone = build_backbone(cfg.model, initialize=initialize)
+        return Classifier(backbone, o.num_classes, o.pool, cls.distillation_token, o.head_init_std)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.classifier.backbone
+
+    def build_teachers(self) -> None:
+        """Teachers and losses of a distilling subclass, built last (nothing for plain fine-tuning)."""
+
+    def mixed(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """images (B, C, H, W) and targets: labels (B,), or (B, classes) soft targets when mixing."""
+        images, labels = batch["views"][0], batch["label"]
+        return self.mix(images, labels) if self.mix is not None else (images, labels)
+
+    def forward(self, batch: dict[str, Any], step: int) -> Output:
+        images, targets = self.mixed(batch)
+        loss = self.criterion(self.classifier(images), targets)
+        return Output(loss, {"classification": loss.detach()})
+
+    @torch.no_grad()
+    def validate(self, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+        was_training = self.training
+        self.eval()
+        correct = total = 0
+        for batch in batches:
+            predicted = self.classifier(batch["views"][0]).argmax(dim=-1)
+            correct += int((predicted == batch["label"]).sum())
+            total += len(predicted)
+        self.train(was_training)
+        return {"val_top1": 100.0 * correct / max(total, 1), "val_n": total}
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """timm's layer-decay groups over the ViT (MAE's `param_groups_lrd`: stem 0, block i at i + 1, final
+        norm on top), plus everything else at scale 1, without weight decay for 1-D parameters, biases and
+        `no_weight_decay()` names. Each group carries its `lr_scale`."""
+        o = self.cfg.objective
+        vit = self.backbone.vit
+        groups = param_groups_layer_decay(vit, weight_decay, vit.no_weight_decay(), layer_decay=o.layer_decay)
+        inside = {id(p) for p in vit.parameters()}
+        exempt = {f"classifier.{name}" for name in self.classifier.no_weight_decay()}
+        top: dict[bool, list[Tensor]] = {True: [], False: []}
+        for name, param in self.named_parameters():
+            if param.requires_grad and id(param) not in inside:
+                top[param.ndim > 1 and not name.endswith(".bias") and name not in exempt].append(param)
+        groups += [
+            {"params": top[True], "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": top[False], "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
+        return [{**g, "apply_wd_schedule": g["weight_decay"] > 0} for g in groups if g["params"]]
+
+    @classmethod
+    def build_part(cls, cfg: DictConfig, part: str) -> nn.Module:
+        if part == "classifier":
+            return cls.build_classifier(cfg, initialize=False)
+        return super().build_part(cfg, part)
+
+
+def load_encoder_weights(backbone: nn.Module, source: str) -> None:
+    """Copy the encoder of `source` (run dir, checkpoint, .safetensors, timm name) into `backbone`; the
+    architectures must agree (the `model` section describes the encoder being fine-tuned)."""
+    loaded = load_backbone(source)
+    differ = {k: (v, backbone.spec.get(k)) for k, v in loaded.spec.items() if backbone.spec.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k}: {theirs} there, {ours} here" for k, (theirs, ours) in differ.items())
+        raise ConfigError(f"objective.pretrained {source}: its encoder differs from model.* ({detail})")
+    backbone.vit.load_state_dict(loaded.vit.state_dict())

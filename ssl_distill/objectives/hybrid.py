@@ -1,0 +1,212 @@
+"""Hybrid Distillation (Shi et al., ICLR 2024, "Hybrid Distillation: Connecting Masked Autoencoders with
+Contrastive Learners", arXiv 2306.15876). See docs/methods/hybrid.md.
+
+This follows a RECONSTRUCTION of the method, not code: the official repository (lygsbw/hybriddistill,
+commit 58f5575) holds only a README ("code is coming soon"), and of the paper only the abstract and the
+reproducibility card could be read. Verified: a supervised or contrastive teacher's feature maps and a
+masked-image-modelling teacher's token relations jointly guide one plain ViT student, and progressive
+redundant token masking cuts the cost. Every other choice below is an assumption, exposed as a config key
+with the recorded default:
+
+- Both frozen teachers see the full image (`teacher_sees_full_image`); their outputs are gathered at the
+  tokens the student keeps. The student reads only the kept tokens; no decoder, no pixel loss.
+- Features (FD-style, Wei et al. 2022): the contrastive teacher's block outputs (`teacher_feature_blocks`,
+  default the last; pre-norm unless `feature_final_norm`), whitened by a parameter-free LayerNorm
+  (`whitening_eps`, FD's 1e-5), against a Linear projection of the student's (`student_feature_blocks`),
+  smooth-L1 with `beta` 2.
+- Relations: softmax(q kᵀ / √d) of the MIM teacher's blocks (`teacher_relation_blocks`, default the last),
+  recomputed in float32 from q and k captured at `attn.qkv` (timm's fused attention keeps no map), over
+  `relation_heads` MiniLM-style relation heads (default the teacher's head count); KL(teacher ‖ student)
+  summed over keys, averaged over rows (`relation_distance`), weight `relation_weight` (alpha, 1).
+- Tokens: class token included (`include_cls`). Gathering the teacher's q and k before the softmax equals
+  slicing its full map and renormalising each row.
+- Progressive redundant token masking (`masking.*`): the score is a teacher's last-block class-token
+  attention to each patch, averaged over heads (`score_source`, default the contrastive teacher); the
+  lowest-scoring patches are dropped (top-K, or sampled with `stochastic`); the drop ratio ramps from
+  `start_ratio` to `max_ratio` (`schedule` linear, between fractions `ramp_begin` and `ramp_end` of training)
+  and is logged as `drop_ratio`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightly.models import utils
+from torch import Tensor, nn
+
+from ssl_distill.backbones import build_backbone
+from ssl_distill.errors import ConfigError
+from ssl_distill.losses import RelationDistillationLoss, WhitenedSmoothL1Loss
+from ssl_distill.modules.attention import QKCapture, relation_logits
+from ssl_distill.modules.masking import keep_by_score
+from ssl_distill.modules.teacher import FrozenTeacher, TeacherConfig, load_teacher_backbone
+from ssl_distill.objectives.base import Objective, Output
+from ssl_distill.registry import OBJECTIVES
+from ssl_distill.schedules import RAMPS, ramp
+
+SCORE_SOURCES = ("contrastive", "mim")
+
+
+@dataclass
+class RedundantMaskingConfig:
+    """Progressive redundant token masking (`objective.masking`); every key an assumption."""
+
+    score_source: str = "contrastive"  # contrastive | mim: whose last-block class-token attention scores patches
+    start_ratio: float = 0.0
+    max_ratio: float = 0.5  # fraction of patches dropped once the ramp ends
+    schedule: str = "linear"  # linear | cosine | step | constant
+    ramp_begin: float = 0.0  # fraction of training where the ratio starts to grow
+    ramp_end: float = 0.5  # fraction of training where it reaches max_ratio
+    stochastic: bool = False  # sample kept patches in proportion to their score instead of top-K
+
+
+@dataclass
+class HybridConfig:
+    name: str = "hybrid"
+    contrastive_teacher: TeacherConfig = field(default_factory=TeacherConfig)  # supervised / contrastive ViT
+    mim_teacher: TeacherConfig = field(default_factory=TeacherConfig)  # masked-image-modelling ViT (MAE)
+    feature_weight: float = 1.0
+    relation_weight: float = 1.0  # alpha
+    student_feature_blocks: list[int] | None = None  # 0-based; None: the last block
+    teacher_feature_blocks: list[int] | None = None  # of the contrastive teacher; None: its last block
+    feature_final_norm: bool = False  # compare after each model's final norm (FD's PRED_FEAT_AFTERNORM)
+    whitening_eps: float = 1e-5  # FD's LayerNorm default (G2SD uses 1e-6)
+    beta: float = 2.0
+    student_relation_blocks: list[int] | None = None  # None: the last block
+    teacher_relation_blocks: list[int] | None = None  # of the MIM teacher; None: its last block
+    relation_heads: int | None = None  # None: the MIM teacher's head count
+    relation_distance: str = "kl"  # kl (teacher ‖ student) | smooth_l1 | mse
+    include_cls: bool = True
+    teacher_sees_full_image: bool = True  # false: the teachers read only the kept tokens (DMAE-style)
+    masking: RedundantMaskingConfig = field(default_factory=RedundantMaskingConfig)
+
+
+def _pairs(student: list[int] | None, teacher: list[int] | None, depths: tuple[int, int], what: str) -> tuple[list[int], list[int]]:
+    student = list(student) if student is not None else [depths[0] - 1]
+    teacher = list(teacher) if teacher is not None else [depths[1] - 1]
+    if len(student) != len(teacher):
+        raise ConfigError(f"objective.student_{what}_blocks {student} and teacher_{what}_blocks {teacher} must pair up")
+    for blocks, depth, side in ((student, depths[0], "student"), (teacher, depths[1], "teacher")):
+        if any(not 0 <= b < depth for b in blocks):
+            raise ConfigError(f"objective.{side}_{what}_blocks {blocks}: blocks of a {depth}-block encoder are 0..{depth - 1}")
+    return student, teacher
+
+
+@OBJECTIVES.register("hybrid")
+class Hybrid(Objective):
+    """batch['views'][0]: (B, C, H, W) -> feature distillation from the contrastive teacher + relation
+    distillation from the MIM teacher, on the tokens left after redundant token masking."""
+
+    Config = HybridConfig
+
+    def __init__(self, cfg: Any, max_steps: int) -> None:
+        super().__init__(cfg, max_steps)
+        o = cfg.objective
+        m = o.masking
+        for key, value, allowed in (
+            ("masking.score_source", m.score_source, SCORE_SOURCES),
+            ("masking.schedule", m.schedule, RAMPS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"objective.{key} must be one of {allowed}, got '{value}'")
+        self.backbone = build_backbone(cfg.model)
+        contrastive, mim = load_teacher_backbone(o.contrastive_teacher), load_teacher_backbone(o.mim_teacher)
+        for teacher, which in ((contrastive, "contrastive_teacher"), (mim, "mim_teacher")):
+            if teacher.grid_size != self.backbone.grid_size:
+                raise ConfigError(
+                    f"objective.{which}: patch grid {teacher.grid_size} differs from the student's "
+                    f"{self.backbone.grid_size}; the losses pair tokens at the same positions"
+                )
+        depth = self.backbone.depth
+        self.student_feature_blocks, self.teacher_feature_blocks = _pairs(
+            o.student_feature_blocks, o.teacher_feature_blocks, (depth, contrastive.depth), "feature"
+        )
+        self.student_relation_blocks, self.teacher_relation_blocks = _pairs(
+            o.student_relation_blocks, o.teacher_relation_blocks, (depth, mim.depth), "relation"
+        )
+        scorer = contrastive if m.score_source == "contrastive" else mim
+        self.score_block = scorer.depth - 1
+        self.contrastive_qk = [self.score_block] if m.score_source == "contrastive" else []
+        self.mim_qk = [*self.teacher_relation_blocks, *([self.score_block] if m.score_source == "mim" else [])]
+        self.contrastive_teacher = FrozenTeacher(contrastive, [*self.teacher_feature_blocks, *self.contrastive_qk])
+        self.mim_teacher = FrozenTeacher(mim, self.mim_qk)
+        self.relation_heads = o.relation_heads or mim.transformer_blocks()[self.teacher_relation_blocks[0]].attn.num_heads
+        for model, which in ((self.backbone, "student"), (mim, "mim_teacher")):
+            if model.embed_dim % self.relation_heads:
+                raise ConfigError(
+                    f"objective.relation_heads={self.relation_heads} does not divide the {which}'s width {model.embed_dim}"
+                )
+        self.projections = nn.ModuleList(
+            nn.Linear(self.backbone.embed_dim, contrastive.embed_dim) for _ in self.student_feature_blocks
+        )
+        self.feature_distance = WhitenedSmoothL1Loss(o.beta, o.whitening_eps)
+        self.relation_distance = RelationDistillationLoss(o.relation_distance)
+
+    def drop_ratio(self, step: int) -> float:
+        m = self.cfg.objective.masking
+        return ramp(step, self.max_steps, m.start_ratio, m.max_ratio, m.schedule, m.ramp_begin, m.ramp_end)
+
+    def run_teachers(self, images: Tensor, idx_keep: Tensor | None = None) -> tuple[dict[int, Tensor], dict, dict]:
+        """Contrastive-teacher block outputs and the q, k of the captured blocks of both teachers."""
+        contrastive, mim = self.contrastive_teacher, self.mim_teacher
+        with QKCapture(contrastive.backbone.transformer_blocks(), self.contrastive_qk) as c_qk, QKCapture(
+            mim.backbone.transformer_blocks(), self.mim_qk
+        ) as m_qk:
+            features = contrastive(images, idx_keep)
+            mim(images, idx_keep)
+        return features, c_qk.qk, m_qk.qk
+
+    @torch.no_grad()
+    def redundancy(self, qk: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
+        """(B, L): the scoring teacher's last-block class-token attention to each patch, mean over heads."""
+        q, k = qk[self.score_block]
+        scorer = self.contrastive_teacher if self.cfg.objective.masking.score_source == "contrastive" else self.mim_teacher
+        heads = scorer.backbone.transformer_blocks()[self.score_block].attn.num_heads
+        return relation_logits(q, k, heads).softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)
+
+    def forward(self, batch: dict[str, Any], step: int) -> Output:
+        o = self.cfg.objective
+        images = batch["views"][0]
+        ratio = self.drop_ratio(step)
+        length = self.backbone.num_patches
+        everything = torch.arange(length + 1, device=images.device).expand(len(images), -1)
+        scorer_qk = None
+        if o.teacher_sees_full_image:
+            features, c_qk, m_qk = self.run_teachers(images)
+            scorer_qk = c_qk if o.masking.score_source == "contrastive" else m_qk
+        elif ratio > 0:
+            scorer_qk = self.run_teachers(images)[1 if o.masking.score_source == "contrastive" else 2]
+        idx_keep = everything
+        if ratio > 0:
+            idx_keep = keep_by_score(self.redundancy(scorer_qk), ratio, o.masking.stochastic)
+        if o.teacher_sees_full_image:
+            positions = idx_keep  # gather the full-image targets at the kept tokens
+        else:
+            features, c_qk, m_qk = self.run_teachers(images, idx_keep)
+            positions = None
+        first = 0 if o.include_cls else 1
+
+        def teacher_tokens(tokens: Tensor) -> Tensor:
+            return (tokens if positions is None else utils.get_at_index(tokens, positions))[:, first:]
+
+        with QKCapture(self.backbone.transformer_blocks(), self.student_relation_blocks) as s_qk:
+            encoded = self.backbone.encode(images, idx_keep, taps=self.student_feature_blocks)
+        feature_loss = images.new_zeros(())
+        for s, t, projection in zip(self.student_feature_blocks, self.teacher_feature_blocks, self.projections):
+            student, target = encoded.taps[s], features[t]
+            if o.feature_final_norm:
+                student = self.backbone.final_norm()(student)
+                target = self.contrastive_teacher.backbone.final_norm()(target)
+            feature_loss = feature_loss + self.feature_distance(teacher_tokens(target), projection(student[:, first:]))
+        relation_loss = images.new_zeros(())
+        for s, t in zip(self.student_relation_blocks, self.teacher_relation_blocks):
+            q_t, k_t = (teacher_tokens(x) for x in m_qk[t])
+            q_s, k_s = (x[:, first:] for x in s_qk.qk[s])
+            relation_loss = relation_loss + self.relation_distance(
+                relation_logits(q_t, k_t, self.relation_heads), relation_logits(q_s, k_s, self.relation_heads)
+            )
+        loss = o.feature_weight * feature_loss + o.relation_weight * relation_loss
+        logs = {"feature": feature_loss.detach(), "relation": relation_loss.detach(), "drop_ratio": ratio}
+        return Output(loss, {**logs, "kept_tokens": float(idx_keep.shape[1])})
