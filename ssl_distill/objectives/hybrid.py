@@ -83,6 +83,16 @@ class HybridConfig:
     masking: RedundantMaskingConfig = field(default_factory=RedundantMaskingConfig)
 
 
+@dataclass
+class TeacherOutputs:
+    """features: contrastive-teacher block -> (B, N, D) pre-norm output; *_qk: block -> (q, k), each
+    (B, N, C), of the captured blocks (relations, redundancy scores). N = 1 + L on the full image."""
+
+    features: dict[int, Tensor]
+    contrastive_qk: dict[int, tuple[Tensor, Tensor]]
+    mim_qk: dict[int, tuple[Tensor, Tensor]]
+
+
 def _pairs(student: list[int] | None, teacher: list[int] | None, depths: tuple[int, int], what: str) -> tuple[list[int], list[int]]:
     student = list(student) if student is not None else [depths[0] - 1]
     teacher = list(teacher) if teacher is not None else [depths[1] - 1]
@@ -148,15 +158,14 @@ class Hybrid(Objective):
         m = self.cfg.objective.masking
         return ramp(step, self.max_steps, m.start_ratio, m.max_ratio, m.schedule, m.ramp_begin, m.ramp_end)
 
-    def run_teachers(self, images: Tensor, idx_keep: Tensor | None = None) -> tuple[dict[int, Tensor], dict, dict]:
-        """Contrastive-teacher block outputs and the q, k of the captured blocks of both teachers."""
+    def run_teachers(self, images: Tensor, idx_keep: Tensor | None = None) -> TeacherOutputs:
         contrastive, mim = self.contrastive_teacher, self.mim_teacher
         with QKCapture(contrastive.backbone.transformer_blocks(), self.contrastive_qk) as c_qk, QKCapture(
             mim.backbone.transformer_blocks(), self.mim_qk
         ) as m_qk:
             features = contrastive(images, idx_keep)
             mim(images, idx_keep)
-        return features, c_qk.qk, m_qk.qk
+        return TeacherOutputs(features, c_qk.qk, m_qk.qk)
 
     @torch.no_grad()
     def redundancy(self, qk: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
@@ -170,43 +179,49 @@ class Hybrid(Objective):
         o = self.cfg.objective
         images = batch["views"][0]
         ratio = self.drop_ratio(step)
-        length = self.backbone.num_patches
-        everything = torch.arange(length + 1, device=images.device).expand(len(images), -1)
-        scorer_qk = None
-        if o.teacher_sees_full_image:
-            features, c_qk, m_qk = self.run_teachers(images)
-            scorer_qk = c_qk if o.masking.score_source == "contrastive" else m_qk
-        elif ratio > 0:
-            scorer_qk = self.run_teachers(images)[1 if o.masking.score_source == "contrastive" else 2]
-        idx_keep = everything
-        if ratio > 0:
-            idx_keep = keep_by_score(self.redundancy(scorer_qk), ratio, o.masking.stochastic)
-        if o.teacher_sees_full_image:
-            positions = idx_keep  # gather the full-image targets at the kept tokens
-        else:
-            features, c_qk, m_qk = self.run_teachers(images, idx_keep)
-            positions = None
+        teachers = self.run_teachers(images) if o.teacher_sees_full_image else None
+        idx_keep = self.keep(images, ratio, teachers)
+        feature_loss, relation_loss = self.distill(images, idx_keep, teachers)
+        loss = o.feature_weight * feature_loss + o.relation_weight * relation_loss
+        logs = {"feature": feature_loss.detach(), "relation": relation_loss.detach(), "drop_ratio": ratio}
+        return Output(loss, {**logs, "kept_tokens": float(idx_keep.shape[1])})
+
+    def keep(self, images: Tensor, ratio: float, teachers: TeacherOutputs | None) -> Tensor:
+        """idx_keep (B, 1 + K): the class token and the patches left after dropping the `ratio` most
+        redundant ones (all of them, in order, at ratio 0), scored on the full image before the student runs."""
+        if ratio == 0:
+            return torch.arange(self.backbone.num_patches + 1, device=images.device).expand(len(images), -1)
+        contrastive = self.cfg.objective.masking.score_source == "contrastive"
+        teachers = teachers or self.run_teachers(images)
+        scores = self.redundancy(teachers.contrastive_qk if contrastive else teachers.mim_qk)
+        return keep_by_score(scores, ratio, self.cfg.objective.masking.stochastic)
+
+    def distill(self, images: Tensor, idx_keep: Tensor | None, teachers: TeacherOutputs | None) -> tuple[Tensor, Tensor]:
+        """The feature and relation losses on the tokens idx_keep (all tokens when None). Full-image teacher
+        outputs (`teachers`) are gathered there; without them the teachers read the kept tokens only."""
+        o = self.cfg.objective
+        positions = idx_keep
+        if teachers is None:
+            teachers, positions = self.run_teachers(images, idx_keep), None
         first = 0 if o.include_cls else 1
 
         def teacher_tokens(tokens: Tensor) -> Tensor:
             return (tokens if positions is None else utils.get_at_index(tokens, positions))[:, first:]
 
-        with QKCapture(self.backbone.transformer_blocks(), self.student_relation_blocks) as s_qk:
+        with QKCapture(self.backbone.transformer_blocks(), self.student_relation_blocks) as student_qk:
             encoded = self.backbone.encode(images, idx_keep, taps=self.student_feature_blocks)
-        feature_loss = images.new_zeros(())
+        feature_loss = images.new_zeros((), dtype=torch.float32)
         for s, t, projection in zip(self.student_feature_blocks, self.teacher_feature_blocks, self.projections):
-            student, target = encoded.taps[s], features[t]
+            student, target = encoded.taps[s], teachers.features[t]
             if o.feature_final_norm:
                 student = self.backbone.final_norm()(student)
                 target = self.contrastive_teacher.backbone.final_norm()(target)
             feature_loss = feature_loss + self.feature_distance(teacher_tokens(target), projection(student[:, first:]))
-        relation_loss = images.new_zeros(())
+        relation_loss = images.new_zeros((), dtype=torch.float32)
         for s, t in zip(self.student_relation_blocks, self.teacher_relation_blocks):
-            q_t, k_t = (teacher_tokens(x) for x in m_qk[t])
-            q_s, k_s = (x[:, first:] for x in s_qk.qk[s])
+            q_t, k_t = (teacher_tokens(x) for x in teachers.mim_qk[t])
+            q_s, k_s = (x[:, first:] for x in student_qk.qk[s])
             relation_loss = relation_loss + self.relation_distance(
                 relation_logits(q_t, k_t, self.relation_heads), relation_logits(q_s, k_s, self.relation_heads)
             )
-        loss = o.feature_weight * feature_loss + o.relation_weight * relation_loss
-        logs = {"feature": feature_loss.detach(), "relation": relation_loss.detach(), "drop_ratio": ratio}
-        return Output(loss, {**logs, "kept_tokens": float(idx_keep.shape[1])})
+        return feature_loss, relation_loss
