@@ -1,5 +1,5 @@
 """One page (Markdown + HTML, PNG figures) from a run or results directory: a summary of every result
-JSON, training loss curves from `metrics.csv`, 2-D projections of features coloured by label, confusion
+JSON, training loss curves and validation metrics (e.g. fine-tuning top-1) from `metrics.csv`, 2-D projections of features coloured by label, confusion
 matrices and segmentation overlays.
 """
 
@@ -55,6 +55,17 @@ def plot_losses(csv: Path, path: Path) -> Path | None:
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=110)
     return path
+
+
+def validation_rows(csv: Path, last: int = 10) -> list[dict[str, Any]]:
+    """The trainer's validation metrics (`val_*` columns, e.g. val_top1 with val_n) at the last `last` steps
+    that have them."""
+    table = pd.read_csv(csv)
+    columns = [c for c in table.columns if c.startswith("val_")]
+    if "step" not in table or not columns:
+        return []
+    rows = table[["step", *columns]].dropna(subset=columns, how="all").tail(last)
+    return [{k: (int(v) if k in ("step", "val_n") else v) for k, v in row.items()} for row in rows.to_dict("records")]
 
 
 def project(
@@ -240,6 +251,8 @@ def build_report(root: str | Path, out: str | Path | None = None, cfg: DictConfi
         )
     if csv is not None and (loss := plot_losses(csv, figures / "losses.png")) is not None:
         blocks += [("h2", "Training"), ("img", (str(loss.relative_to(out)), "training losses"))]
+    if csv is not None and (validation := validation_rows(csv)):
+        blocks += [("h2", "Validation during training"), ("table", validation)]
     for path, record in results:
         blocks.append(
             ("h2", f"{record['protocol']} · {record.get('data', '')} · {record.get('backbone', '')}")

@@ -257,9 +257,9 @@ class Trainer:
         left as it was so that training continues exactly as in a run that validated at other steps."""
         metrics: dict[str, float] = {}
         if self.is_main and self.val_loader is not None:
-            batches = (_to_device(batch, self.device) for batch in self.val_loader)
 
-            def run() -> dict[str, float]:
+            def run() -> dict[str, float]:  # iter(loader) draws a seed: inside, where the RNGs are forked
+                batches = (_to_device(batch, self.device) for batch in self.val_loader)
                 with self._autocast():
                     return self.objective.validate(batches)
 

@@ -24,7 +24,6 @@ from lightly.models import utils
 from omegaconf import MISSING, DictConfig
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from ssl_distill.backbones import Encoded, build_backbone, load_backbone, mask_from_keep
@@ -380,29 +379,43 @@ class ClassificationObjective(Objective):
         return {"val_top1": 100.0 * correct / max(total, 1), "val_n": total}
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """timm's layer-decay groups over the ViT (MAE's `param_groups_lrd`: stem 0, block i at i + 1, final
-        norm on top), plus everything else at scale 1, without weight decay for 1-D parameters, biases and
-        `no_weight_decay()` names. Each group carries its `lr_scale`."""
+        """MAE's layer-wise lr decay (`util/lr_decay.py::param_groups_lrd`): the stem (class token, positions,
+        patch embedding) is layer 0, block i layer i + 1, everything else (final norm, heads, distillation
+        token) layer depth + 1; the lr of layer l is scaled by layer_decay^(depth + 1 - l). (timm's
+        `param_groups_layer_decay` files the final norm with the last block, one layer short of MAE.) No
+        weight decay for 1-D parameters, biases and `no_weight_decay()` names. Each group has `lr_scale`."""
         o = self.cfg.objective
-        vit = self.backbone.vit
-        groups = param_groups_layer_decay(vit, weight_decay, vit.no_weight_decay(), layer_decay=o.layer_decay)
-        inside = {id(p) for p in vit.parameters()}
-        exempt = {f"classifier.{name}" for name in self.classifier.no_weight_decay()}
-        top: dict[bool, list[Tensor]] = {True: [], False: []}
+        prefix = "classifier.backbone.encoder.vit."
+        depth = self.backbone.depth
+        exempt = {f"{prefix}{name}" for name in self.backbone.vit.no_weight_decay()}
+        exempt |= {f"classifier.{name}" for name in self.classifier.no_weight_decay()}
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
         for name, param in self.named_parameters():
-            if param.requires_grad and id(param) not in inside:
-                top[param.ndim > 1 and not name.endswith(".bias") and name not in exempt].append(param)
-        groups += [
-            {"params": top[True], "weight_decay": weight_decay, "lr_scale": 1.0},
-            {"params": top[False], "weight_decay": 0.0, "lr_scale": 1.0},
-        ]
-        return [{**g, "apply_wd_schedule": g["weight_decay"] > 0} for g in groups if g["params"]]
+            if not param.requires_grad:
+                continue
+            layer = vit_layer_id(name.removeprefix(prefix), depth) if name.startswith(prefix) else depth + 1
+            decays = param.ndim > 1 and not name.endswith(".bias") and name not in exempt
+            group = groups.setdefault((layer, decays), {
+                "params": [], "weight_decay": weight_decay if decays else 0.0, "apply_wd_schedule": decays,
+                "lr_scale": o.layer_decay ** (depth + 1 - layer),
+            })
+            group["params"].append(param)
+        return list(groups.values())
 
     @classmethod
     def build_part(cls, cfg: DictConfig, part: str) -> nn.Module:
         if part == "classifier":
             return cls.build_classifier(cfg, initialize=False)
         return super().build_part(cfg, part)
+
+
+def vit_layer_id(name: str, depth: int) -> int:
+    """MAE's `util/lr_decay.py::get_layer_id_for_vit` for a timm ViT parameter name."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
 
 def load_encoder_weights(backbone: nn.Module, source: str) -> None:
