@@ -16,7 +16,7 @@ from ssl_distill.engine import Trainer, train
 from ssl_distill.errors import ConfigError
 from ssl_distill.registry import OBJECTIVES
 
-from conftest import finetune_overrides, tiny_config
+from conftest import REPO, finetune_overrides, tiny_config
 
 
 def finetune_config(tmp_path, *overrides):
@@ -122,3 +122,41 @@ def test_fine_tuning_fits_its_training_digits(tmp_path):
     last = rows(result.run_dir)[-1]
     assert int(last["val_n"]) == 64
     assert float(last["val_top1"]) > 50.0, last  # chance is 10%; measured 77%
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_black_as_before_pillow_10():
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from ssl_distill.data.transforms import FineTuneViewConfig, build_transform
+
+    transform = build_transform(OmegaConf.structured(FineTuneViewConfig))
+    ops = [op for step in transform.__closure__[0].cell_contents.transforms for op in getattr(step, "ops", ())]
+    posterize = [op for op in ops if op.name.startswith("Posterize")]
+    assert posterize, [op.name for op in ops]
+    image = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert posterize[0].aug_fn(image, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert posterize[0].aug_fn(image, 1).getpixel((0, 0)) == (128, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "config, stage_class",
+    [
+        ("finetune/tiny_mnist.yaml", "FineTune"),
+        ("finetune/tiny_mnist_scratch.yaml", "FineTune"),
+        ("finetune/vitb_imagenet.yaml", "FineTune"),
+        ("mae/vitb_imagenet.yaml", "MAE"),
+        ("g2sd/tiny_mnist_generic.yaml", "G2SDGeneric"),
+        ("g2sd/tiny_mnist_specific.yaml", "G2SDSpecific"),
+        ("g2sd/vits_imagenet_generic.yaml", "G2SDGeneric"),
+        ("g2sd/vits_imagenet_specific.yaml", "G2SDSpecific"),
+        ("hybrid/tiny_mnist.yaml", "Hybrid"),
+        ("hybrid/vitb_imagenet.yaml", "Hybrid"),
+    ],
+)
+def test_configs_validate_pick_their_stage_and_round_trip(config, stage_class):
+    from ssl_distill.config import from_yaml, load_config, objective_class, to_yaml
+
+    cfg = load_config(REPO / "configs" / config)
+    assert objective_class(cfg.objective).__name__ == stage_class
+    assert from_yaml(to_yaml(cfg)) == cfg  # a saved run config rebuilds the same stage

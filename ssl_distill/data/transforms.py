@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torchvision.transforms as T
 from lightly.transforms import DINOTransform, MAETransform
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch import Tensor
 
@@ -113,12 +113,26 @@ def _eval(cfg: EvalViewConfig) -> ViewTransform:
     return lambda image: [single(image)]
 
 
+def _posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's posterize for any bit count: RandAugment's increasing posterize asks for 0 bits at magnitude 10,
+    which Pillow >= 10 refuses and older Pillow turned into a black image (the mask keeps no bit)."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
 def _finetune(cfg: FineTuneViewConfig) -> ViewTransform:
     single = create_transform(
         cfg.img_size, is_training=True, scale=(cfg.min_scale, 1.0), hflip=cfg.hflip, color_jitter=None,
         auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.re_prob, re_mode="pixel",
         re_count=1, mean=tuple(cfg.mean), std=tuple(cfg.std),
     )
+    for step in single.transforms:
+        for op in getattr(step, "ops", ()):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
     return lambda image: [single(image)]
 
 
