@@ -135,8 +135,8 @@ def test_relation_heads_must_divide_both_widths(tmp_path, supervised_teacher, ma
 
 def from_spec_loss(objective, supervised, mae, images: torch.Tensor, ratio: float) -> torch.Tensor:
     """The reconstructed objective written out from the spec: plain ViT passes with q, k recomputed from each
-    block's LayerNorm'd input, argsort top-K by the supervised teacher's class-token attention, LN0 (eps
-    1e-5) + smooth-L1 beta 2 on features, KL(T || S) summed over keys on relations."""
+    block's LayerNorm'd input, argsort top-K by the supervised teacher's class-token attention, final-norm
+    features whitened by LN0 (eps 1e-5) + smooth-L1 beta 2, KL(T || S) summed over keys on relations."""
     contrastive, mim, student = load_backbone(supervised).vit.eval(), load_backbone(mae).vit.eval(), objective.backbone.vit
 
     def run(vit, keep=None):
@@ -148,7 +148,7 @@ def from_spec_loss(objective, supervised, mae, images: torch.Tensor, ratio: floa
             x = block(x)
         last = vit.blocks[-1]
         q, k, _ = last.attn.qkv(last.norm1(x)).chunk(3, dim=-1)
-        return last(x), q, k
+        return vit.norm(last(x)), q, k
 
     def attention(q, k, heads):  # (B, N, C) -> (B, heads, N, N) probabilities
         split = [t.reshape(*t.shape[:2], heads, -1).transpose(1, 2) for t in (q, k)]
@@ -206,6 +206,10 @@ def test_cls_switch_and_feature_whitening_eps(tmp_path, supervised_teacher, mae_
     teachers = with_cls.run_teachers(images)
     assert not torch.equal(with_cls.distill(images, None, teachers)[1], without.distill(images, None, teachers)[1])
     assert with_cls.feature_distance.eps == 1e-5 and isinstance(with_cls.feature_distance, WhitenedSmoothL1Loss)
+    with pytest.raises(ConfigError, match="the deepest is 0, so blocks 1..1 of the student would never train"):
+        hybrid(tmp_path, supervised_teacher, mae_teacher_with_decoder, "objective.student_feature_blocks=[0]", "objective.student_relation_blocks=[0]")
+    prenorm = hybrid(tmp_path, supervised_teacher, mae_teacher_with_decoder, "objective.feature_final_norm=false")
+    assert not any(p.requires_grad for p in prenorm.backbone.final_norm().parameters())  # unused: frozen
 
 
 # -- end to end ------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ with the recorded default:
 - Both frozen teachers see the full image (`teacher_sees_full_image`); their outputs are gathered at the
   tokens the student keeps. The student reads only the kept tokens; no decoder, no pixel loss.
 - Features (FD-style, Wei et al. 2022): the contrastive teacher's block outputs (`teacher_feature_blocks`,
-  default the last; pre-norm unless `feature_final_norm`), whitened by a parameter-free LayerNorm
-  (`whitening_eps`, FD's 1e-5), against a Linear projection of the student's (`student_feature_blocks`),
-  smooth-L1 with `beta` 2.
+  default the last; after its final norm, `feature_final_norm`), whitened by a parameter-free LayerNorm
+  (`whitening_eps`, FD's 1e-5), against a Linear projection of the student's (`student_feature_blocks`,
+  after its final norm), smooth-L1 with `beta` 2.
 - Relations: softmax(q kᵀ / √d) of the MIM teacher's blocks (`teacher_relation_blocks`, default the last),
   recomputed in float32 from q and k captured at `attn.qkv` (timm's fused attention keeps no map), over
   `relation_heads` MiniLM-style relation heads (default the teacher's head count); KL(teacher ‖ student)
@@ -71,7 +71,7 @@ class HybridConfig:
     relation_weight: float = 1.0  # alpha
     student_feature_blocks: list[int] | None = None  # 0-based; None: the last block
     teacher_feature_blocks: list[int] | None = None  # of the contrastive teacher; None: its last block
-    feature_final_norm: bool = False  # compare after each model's final norm (FD's PRED_FEAT_AFTERNORM)
+    feature_final_norm: bool = True  # both models' final norm on the features (FD's student output); false: pre-norm
     whitening_eps: float = 1e-5  # FD's LayerNorm default (G2SD uses 1e-6)
     beta: float = 2.0
     student_relation_blocks: list[int] | None = None  # None: the last block
@@ -136,6 +136,14 @@ class Hybrid(Objective):
         self.student_relation_blocks, self.teacher_relation_blocks = _pairs(
             o.student_relation_blocks, o.teacher_relation_blocks, (depth, mim.depth), "relation"
         )
+        deepest = max(self.student_feature_blocks + self.student_relation_blocks)
+        if deepest != depth - 1:
+            raise ConfigError(
+                f"objective.student_*_blocks: the deepest is {deepest}, so blocks {deepest + 1}..{depth - 1} of the "
+                "student would never train; distil its last block or use a shallower model"
+            )
+        if not o.feature_final_norm:  # the loss never reaches it; frozen (LayerNorm at its identity init)
+            self.backbone.final_norm().requires_grad_(False)
         scorer = contrastive if m.score_source == "contrastive" else mim
         self.score_block = scorer.depth - 1
         self.contrastive_qk = [self.score_block] if m.score_source == "contrastive" else []
