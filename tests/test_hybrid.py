@@ -129,6 +129,8 @@ def test_teachers_are_isolated(tmp_path, supervised_teacher, mae_teacher_with_de
 def test_relation_heads_must_divide_both_widths(tmp_path, supervised_teacher, mae_teacher_with_decoder):
     with pytest.raises(ConfigError, match="relation_heads=3 does not divide the student's width 32"):
         hybrid(tmp_path, supervised_teacher, mae_teacher_with_decoder, "objective.relation_heads=3")
+    with pytest.raises(ConfigError, match="objective.relation_distance must be one of .*got 'l2'"):
+        hybrid(tmp_path, supervised_teacher, mae_teacher_with_decoder, "objective.relation_distance=l2")
     with pytest.raises(ConfigError, match="student_feature_blocks \\[0, 1\\] and teacher_feature_blocks \\[3\\] must pair"):
         hybrid(tmp_path, supervised_teacher, mae_teacher_with_decoder, "objective.student_feature_blocks=[0,1]")
 

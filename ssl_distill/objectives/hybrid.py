@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ssl_distill.backbones import build_backbone
 from ssl_distill.errors import ConfigError
 from ssl_distill.losses import RelationDistillationLoss, WhitenedSmoothL1Loss
+from ssl_distill.losses.relation_distillation import RELATION_DISTANCES
 from ssl_distill.modules.attention import QKCapture, relation_logits
 from ssl_distill.modules.masking import keep_by_score
 from ssl_distill.modules.teacher import FrozenTeacher, TeacherConfig, load_teacher_backbone
@@ -118,6 +119,7 @@ class Hybrid(Objective):
         for key, value, allowed in (
             ("masking.score_source", m.score_source, SCORE_SOURCES),
             ("masking.schedule", m.schedule, RAMPS),
+            ("relation_distance", o.relation_distance, RELATION_DISTANCES),
         ):
             if value not in allowed:
                 raise ConfigError(f"objective.{key} must be one of {allowed}, got '{value}'")
