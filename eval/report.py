@@ -1,7 +1,7 @@
 """One page (Markdown + HTML, PNG figures) from run or results directories: a comparison table of every
 result (trained backbones and baselines, with the samples behind each score and the command that made
 it), every logged training term from `metrics.csv` (each loss term, lr, momentum, temperature, grad norm,
-skipped samples, throughput, the online monitor), the run's wall time and images/s, 2-D projections of
+skipped samples, throughput, the online monitor) and validation metrics (e.g. fine-tuning top-1), the run's wall time and images/s, 2-D projections of
 features coloured by label, confusion matrices and segmentation overlays. Figures are named after each
 result's path, so several backbones in one folder keep their own.
 
@@ -119,6 +119,17 @@ def comparison_rows(results: list[tuple[str, Path, dict[str, Any]]]) -> list[dic
             }
         )
     return sorted(rows, key=lambda r: (r["protocol"], r["data"], -(r["score"] if r["score"] is not None else -1e9)))
+
+
+def validation_rows(csv: Path, last: int = 10) -> list[dict[str, Any]]:
+    """The trainer's validation metrics (`val_*` columns, e.g. val_top1 with val_n) at the last `last` steps
+    that have them."""
+    table = pd.read_csv(csv)
+    columns = [c for c in table.columns if c.startswith("val_")]
+    if "step" not in table or not columns:
+        return []
+    rows = table[["step", *columns]].dropna(subset=columns, how="all").tail(last)
+    return [{k: (int(v) if k in ("step", "val_n") else v) for k, v in row.items()} for row in rows.to_dict("records")]
 
 
 def project(
@@ -350,6 +361,8 @@ def build_report(
             blocks.append(("table", [stats]))
         if (plot := plot_training(csv, figures / f"training-{_stem(name)}.png", f"training · {name}")) is not None:
             blocks.append(("img", (str(plot.relative_to(out)), f"training · {name}")))
+        if validation := validation_rows(csv):
+            blocks += [("h2", f"Validation during training · {name}"), ("table", validation)]
     for label, path, record in results:
         blocks.append(
             ("h2", f"{record['protocol']} · {record.get('data', '')} · {record.get('backbone', '')}")

@@ -41,6 +41,8 @@ class DataConfig:
     root: str | None = None
     split: str = "train"
     limit: int | None = ranged(None, "[1, inf)")
+    val_split: str | None = None  # validation split (eval transform) for objectives that validate (finetune)
+    val_limit: int | None = ranged(None, "[1, inf)")
     batch_size: int = ranged(64, "[1, inf)")
     num_workers: int = ranged(0, "[0, inf)")
     options: Any = field(default_factory=dict)  # schema: DATASETS.get(name).Config (e.g. video num_frames)
@@ -67,6 +69,7 @@ class TrainConfig:
     device: str = choice("auto", ("auto", "cpu", "cuda"))
     threads: int | None = ranged(None, "[1, inf)")  # torch CPU threads; None keeps torch's default (1 helps on shared cores)
     log_every: int = ranged(10, "[1, inf)")
+    eval_every: int = ranged(0, "[0, inf)")  # steps between validations (Objective.validate on data.val_split); 0: at the end only
     checkpoint_every: int = ranged(0, "[0, inf)")  # steps; 0 saves only at the end
     keep_checkpoints: int = ranged(2, "[0, inf)")  # 0 keeps them all
     resume: bool = True  # continue from the newest complete checkpoint in the run directory
@@ -181,7 +184,15 @@ def _check_named_section(section: Any, registry: Registry, where: str, prefix: s
             f"{where}: unknown {registry.kind} '{prefix}{key}={name}'{closest(str(name), registry.names())}; "
             f"known: {', '.join(registry.names())}"
         )
-    return merge_checked(registry.get(name).Config, section, where, prefix)
+    builder = registry.get(name)
+    if hasattr(builder, "variant"):  # an objective with stages: the schema of the stage named
+        builder = builder.variant(section)
+    return merge_checked(builder.Config, section, where, prefix)
+
+
+def objective_class(section: Any) -> Any:
+    """The class that trains a validated `objective` section (the registered one, or the stage it names)."""
+    return OBJECTIVES.get(section.name).variant(section)
 
 
 def check_data_options(name: str, options: Any, where: str = "config") -> DictConfig:
@@ -252,7 +263,7 @@ def validate(user: DictConfig | dict, where: str = "config") -> DictConfig:
     if objective is None:
         raise ConfigError(f"{where}: the 'objective' section is required (one of: {', '.join(OBJECTIVES.names())})")
     cfg.objective = _check_named_section(objective, OBJECTIVES, where, "objective.")
-    objective_cls = OBJECTIVES.get(cfg.objective.name)
+    objective_cls = objective_class(cfg.objective)
     cfg.model = _check_model(model, objective_cls, where)
     cfg.data.options = check_data_options(cfg.data.name, options, where)
     if transform is None or "name" not in transform:

@@ -5,6 +5,8 @@ objectives' teacher temperatures (a function of the step). EMA momenta use light
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -24,3 +26,22 @@ def linear_warmup(step: int, warmup_steps: int, start: float, end: float) -> flo
         return end
     return start + (end - start) * step / warmup_steps
 
+
+
+RAMPS = ("linear", "cosine", "step", "constant")
+
+
+def ramp(step: int, total_steps: int, start: float, end: float, kind: str = "linear", begin: float = 0.0, finish: float = 1.0) -> float:
+    """`start` until fraction `begin` of training, then to `end` by fraction `finish` (linearly, along a
+    half-cosine, or in one jump at `finish` for 'step'), then `end`; 'constant' is `end` throughout."""
+    if kind not in RAMPS:
+        raise ValueError(f"ramp kind must be one of {RAMPS}, got '{kind}'")
+    progress = step / max(total_steps, 1)
+    if kind == "constant" or progress >= finish:
+        return end
+    if progress < begin or kind == "step":
+        return start
+    t = (progress - begin) / (finish - begin)
+    if kind == "cosine":
+        t = 0.5 * (1 - math.cos(math.pi * t))
+    return start + (end - start) * t

@@ -48,3 +48,45 @@ def mae_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     cfg = tiny_config("mae/tiny_mnist.yaml", out, "model.embed_dim=48", "model.depth=4", "model.num_heads=2", "train.max_steps=8")
     return train(cfg).run_dir
+
+
+@pytest.fixture(scope="session")
+def mae_teacher_with_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny MAE run (48-d, 4 blocks, 4 heads) with a 2-block decoder, a few steps: the teacher of G2SD's
+    generic stage and Hybrid Distillation's MIM teacher."""
+    from ssl_distill.engine import train
+
+    out = tmp_path_factory.mktemp("mae_teacher")
+    cfg = tiny_config(
+        "mae/tiny_mnist.yaml", out, "model.embed_dim=48", "model.depth=4", "model.num_heads=4",
+        "objective.decoder.depth=2", "train.max_steps=8",
+    )
+    return train(cfg).run_dir
+
+
+def finetune_overrides(out: Path, *extra: str) -> list[str]:
+    """A tiny fine-tuning run (48-d, 4 blocks, 4 heads) validating on 64 images."""
+    return [
+        "model.embed_dim=48", "model.depth=4", "model.num_heads=4", "data.val_limit=64",
+        "data.transform.auto_augment=null", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def finetuned_teacher(tmp_path_factory: pytest.TempPathFactory, mae_teacher_with_decoder: Path) -> Path:
+    """The tiny MAE teacher fine-tuned on labels for a few steps: G2SD's specific-stage teacher."""
+    from ssl_distill.engine import train
+
+    out = tmp_path_factory.mktemp("finetuned_teacher")
+    overrides = finetune_overrides(out, f"objective.pretrained={mae_teacher_with_decoder}", "train.max_steps=8")
+    return train(tiny_config("finetune/tiny_mnist.yaml", out, *overrides, decoder=False)).run_dir
+
+
+@pytest.fixture(scope="session")
+def supervised_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViT trained from scratch on labels for a few steps: Hybrid Distillation's supervised teacher."""
+    from ssl_distill.engine import train
+
+    out = tmp_path_factory.mktemp("supervised_teacher")
+    overrides = finetune_overrides(out, "train.max_steps=8")
+    return train(tiny_config("finetune/tiny_mnist_scratch.yaml", out, *overrides, decoder=False)).run_dir

@@ -1,7 +1,8 @@
 """View transforms, registered by name; each returns a list of view tensors (C, H, W).
 
 `mae` and `multicrop` are lightly's MAETransform and DINOTransform; `eval` is a deterministic
-resize + centre crop for feature extraction.
+resize + centre crop for feature extraction; `finetune` is timm's training transform (RandAugment,
+random erasing) for supervised fine-tuning.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torchvision.transforms as T
 from lightly.transforms import DINOTransform, MAETransform
-from PIL import Image
+from PIL import Image, ImageOps
+from timm.data import create_transform
 from torch import Tensor
 
 from ssl_distill.registry import TRANSFORMS
@@ -58,6 +60,21 @@ class EvalViewConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
+@dataclass
+class FineTuneViewConfig:
+    """timm's training transform as MAE / DeiT fine-tuning use it (MAE `util/datasets.py`): random resized
+    crop (bicubic), flip, RandAugment, random erasing with per-pixel noise, no colour jitter."""
+
+    name: str = "finetune"
+    img_size: int = 32
+    min_scale: float = 0.08
+    hflip: float = 0.5
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # timm's RandAugment spec; null switches it off
+    re_prob: float = 0.25
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+
 ViewTransform = Callable[[Image.Image], list[Tensor]]
 
 
@@ -97,10 +114,34 @@ def _eval(cfg: EvalViewConfig) -> ViewTransform:
     return lambda image: [single(image)]
 
 
+def _posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's posterize for any bit count: RandAugment's increasing posterize asks for 0 bits at magnitude 10,
+    which Pillow >= 10 refuses and older Pillow turned into a black image (the mask keeps no bit)."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
+def _finetune(cfg: FineTuneViewConfig) -> ViewTransform:
+    single = create_transform(
+        cfg.img_size, is_training=True, scale=(cfg.min_scale, 1.0), hflip=cfg.hflip, color_jitter=None,
+        auto_augment=cfg.auto_augment, interpolation="bicubic", re_prob=cfg.re_prob, re_mode="pixel",
+        re_count=1, mean=tuple(cfg.mean), std=tuple(cfg.std),
+    )
+    for step in single.transforms:
+        for op in getattr(step, "ops", ()):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = _posterize
+    return lambda image: [single(image)]
+
+
 for _name, _builder, _config in (
     ("mae", _mae, MAEViewConfig),
     ("multicrop", _multicrop, MultiCropConfig),
     ("eval", _eval, EvalViewConfig),
+    ("finetune", _finetune, FineTuneViewConfig),
 ):
     TRANSFORMS.register(_name, config=_config)(_builder)
 

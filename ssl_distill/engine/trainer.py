@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
-from torch.utils.data import IterableDataset
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, IterableDataset
 
 from ssl_distill import checkpoints as ckpt
 from ssl_distill.backbones import backbone_weights, export_backbone
 from ssl_distill.backbones.export import export_run
-from ssl_distill.config import config_changes, from_yaml, to_yaml
+from ssl_distill.config import config_changes, from_yaml, objective_class, to_yaml
 from ssl_distill.data import (
     ResumableSampler,
     ShardSource,
@@ -37,6 +37,7 @@ from ssl_distill.data import (
     build_loader,
     build_source,
     build_transform,
+    seeded_call,
 )
 from ssl_distill.engine import run_record
 from ssl_distill.engine.distributed import DistEnv, any_rank, barrier, gather_objects
@@ -47,7 +48,6 @@ from ssl_distill.engine.rundir import run_directory
 from ssl_distill.errors import ConfigError, RunError
 from ssl_distill.files import write_text_atomic
 from ssl_distill.objectives import Objective
-from ssl_distill.registry import OBJECTIVES
 from ssl_distill.runtime import resolve_device
 from ssl_distill.schedules import warmup_cosine
 
@@ -109,6 +109,20 @@ def adamw(param_groups: list[dict[str, Any]], lr: float, betas: tuple[float, flo
     return torch.optim.AdamW(param_groups, lr=lr, betas=betas, fused=fused)
 
 
+def build_val_loader(cfg: DictConfig) -> DataLoader | None:
+    """The validation split (`data.val_split`) with the deterministic eval transform (resize + centre crop to
+    `model.img_size`, the training transform's normalisation), in order; None without a split."""
+    if not cfg.data.val_split:
+        return None
+    source = build_source(cfg.data.name, cfg.data.root, cfg.data.val_split, cfg.data.val_limit, **cfg.data.options)
+    if hasattr(source, "provides"):
+        raise ConfigError(f"data.val_split: dataset '{cfg.data.name}' is not an image source; validation reads images")
+    view = cfg.data.transform
+    spec = {"name": "eval", "img_size": cfg.model.img_size, **{k: view[k] for k in ("mean", "std") if k in view}}
+    dataset = ViewDataset(source, build_transform(OmegaConf.create(spec)))
+    return DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -137,7 +151,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed)
         self.dataset = build_dataset(cfg, dist_env)
-        objective_cls = OBJECTIVES.get(cfg.objective.name)
+        objective_cls = objective_class(cfg.objective)
         missing = set(objective_cls.requires) - set(self.dataset.provides)
         if missing:
             raise ConfigError(
@@ -152,6 +166,7 @@ class Trainer:
                 endless=True,
             )
         self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.val_loader = build_val_loader(cfg)
         self.max_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
 
         self.objective: Objective = objective_cls(cfg, self.max_steps).to(self.device)
@@ -278,7 +293,7 @@ class Trainer:
     def _set_schedules(self, step: int) -> float:
         lr = float(self.lr_schedule[step])
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay (fine-tuning)
             if group.get("apply_wd_schedule"):
                 group["weight_decay"] = float(self.wd_schedule[step])
         return lr
@@ -335,6 +350,25 @@ class Trainer:
         self._read_steps()
         rows, self.read = self.read, []
         return rows
+
+    def validate(self) -> dict[str, float]:
+        """`Objective.validate` over the validation split, on rank 0 (the others wait), with every RNG state
+        left as it was so that training continues exactly as in a run that validated at other steps."""
+        metrics: dict[str, float] = {}
+        if self.is_main and self.val_loader is not None:
+
+            def run() -> dict[str, float]:  # iter(loader) draws a seed: inside, where the RNGs are forked
+                batches = (_to_device(batch, self.device) for batch in self.val_loader)
+                with self._autocast():
+                    return self.objective.validate(batches)
+
+            metrics = seeded_call(self.cfg.run.seed, run)
+        barrier()
+        return metrics
+
+    def _validates_now(self) -> bool:
+        every = self.cfg.train.eval_every
+        return self.val_loader is not None and (self.step == self.max_steps or (every > 0 and self.step % every == 0))
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         """Batches from self.step on, epoch after epoch, with the data order of an uninterrupted run:
@@ -398,6 +432,12 @@ class Trainer:
                         logger.log(self.step, means)
                         progress.log(self.step, means)
                         tic = time.perf_counter()
+                    if self._validates_now():
+                        started = time.perf_counter()
+                        validation = self.validate()
+                        logger.log(self.step, validation)
+                        progress.write(f"step {self.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in validation.items()))
+                        tic += time.perf_counter() - started  # throughput counts training time only
                     if any_rank(self.stop_requested_at is not None, self.device):
                         self.request_stop()  # ranks that got no signal stop too
                         path = self.save_checkpoint()

@@ -55,13 +55,14 @@ class PixelDecoder(nn.Module):
     (MAE, p * p * C) or a tubelet (VideoMAE, t * p * p * C), or features (DISCOVR's clustering branch).
 
     With `num_prefix_tokens=1` the encoder's class token is decoded too (MAE, DMAE); with 0 the decoder
-    sees patch tokens only (VideoMAE's and DISCOVR's decoders)."""
+    sees patch tokens only (VideoMAE's and DISCOVR's decoders). With `out_dim=None` it is a trunk without
+    final norm and head, read through `hidden` (G2SD's student decoder feeds its own head)."""
 
     def __init__(
         self,
         grid_size: Sequence[int],
         in_dim: int,
-        out_dim: int,
+        out_dim: int | None,
         cfg: DecoderConfig,
         num_prefix_tokens: int = 1,
         embed_bias: bool = True,
@@ -82,7 +83,9 @@ class PixelDecoder(nn.Module):
         nn.init.normal_(self.decoder.mask_token, std=0.02)
         self.decoder.pos_embed.data.copy_(decoder_positions(grid_size, cfg.dim, positions, num_prefix_tokens))
         self.decoder.apply(init_weights)
-        self.predict = nn.Linear(cfg.dim, out_dim)
+        if out_dim is None:  # a trunk: no final norm, no head; `hidden` is its output
+            self.decoder.norm = nn.Identity()
+        self.predict = nn.Linear(cfg.dim, out_dim) if out_dim is not None else None
         self.num_prefix_tokens = num_prefix_tokens
         self.sequence_length = num_patches + num_prefix_tokens
 
@@ -92,13 +95,24 @@ class PixelDecoder(nn.Module):
         per patch or tubelet, the class token decoded along (MAE)."""
         return cls(backbone.grid_size, backbone.embed_dim, backbone.pixels_per_token, cfg)
 
-    def forward(self, latent: Tensor, idx_keep: Tensor) -> Tensor:
+    def hidden(self, latent: Tensor, idx_keep: Tensor, blocks: int | None = None) -> Tensor:
         """latent (B, P + K, D): final-norm encoder output at sequence indices idx_keep (B, 1 + K) (the class
-        token first, dropped from `latent` when the decoder has no prefix token: P = 0)
-        -> predictions (B, L, out_dim) for every patch, in patch order."""
+        token first, dropped from `latent` when the decoder has no prefix token: P = 0) -> (B, P + L, dim) the
+        residual stream after the first `blocks` blocks (all when None), before the final norm, every token
+        (prefix tokens first, then the patches in order, mask tokens at the hidden ones)."""
+        depth = len(self.decoder.blocks)
+        if blocks is not None and not 1 <= blocks <= depth:
+            raise ValueError(f"decoder blocks must lie in [1, {depth}], got {blocks}")
         embedded = self.embed(latent)
         if self.num_prefix_tokens == 0:
             idx_keep = idx_keep[:, 1:] - 1
         tokens = utils.repeat_token(self.decoder.mask_token, (latent.shape[0], self.sequence_length))
         tokens = utils.set_at_index(tokens, idx_keep, embedded.type_as(tokens))
-        return self.predict(self.decoder(tokens))[:, self.num_prefix_tokens :]
+        return self.decoder.blocks[:blocks](self.decoder.preprocess(tokens))
+
+    def forward(self, latent: Tensor, idx_keep: Tensor) -> Tensor:
+        """latent (B, P + K, D) at idx_keep (B, 1 + K) as in `hidden` -> predictions (B, L, out_dim) for
+        every patch, in patch order."""
+        if self.predict is None:
+            raise RuntimeError("this decoder is a trunk without a head (out_dim=None): read `hidden`")
+        return self.predict(self.decoder.norm(self.hidden(latent, idx_keep)))[:, self.num_prefix_tokens :]

@@ -1,10 +1,12 @@
-"""Projection heads (lightly's) with their config sections."""
+"""Projection heads (lightly's DINO head with its config section; G2SD's MLP heads)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from lightly.models.modules import DINOProjectionHead
+from timm.layers import Mlp
+from torch import nn
 
 from ssl_distill.schema import ranged
 
@@ -25,3 +27,13 @@ def dino_head(in_dim: int, cfg: DINOHeadConfig) -> DINOProjectionHead:
         in_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.output_dim,
         batch_norm=cfg.batch_norm, norm_last_layer=cfg.norm_last_layer,
     )
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> Mlp:
+    """fc -> GELU -> fc (timm's `Mlp`) with MAE's init, xavier-uniform weights and zero biases (G2SD's
+    feature-prediction heads, `G2SD/models_mae.py`, built before MAE's `initialize_weights`)."""
+    head = Mlp(in_dim, hidden_dim, out_dim)
+    for layer in (head.fc1, head.fc2):
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return head

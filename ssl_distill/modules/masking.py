@@ -50,3 +50,18 @@ def zero_patches(images: Tensor, mask: Tensor, patch_size: int) -> Tensor:
     keep = (~mask.bool()).to(images.dtype).view(b, 1, h // patch_size, 1, w // patch_size, 1)
     grid = images.view(b, c, h // patch_size, patch_size, w // patch_size, patch_size)
     return (grid * keep).view(b, c, h, w)
+def keep_by_score(scores: Tensor, ratio: float, stochastic: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """Redundant token masking (Hybrid Distillation's, reconstructed): drop the patches a teacher scores
+    lowest. scores (B, L) >= 0 (e.g. class-token attention to each patch) -> idx_keep (B, 1 + K), K =
+    int(L * (1 - ratio)) (MAE's count), sequence indices ascending with the class token first. Deterministic
+    top-K, or with `stochastic` K patches drawn without replacement with probability proportional to score."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"drop ratio must lie in [0, 1), got {ratio}")
+    batch, length = scores.shape
+    keep = max(int(length * (1 - ratio)), 1)
+    if stochastic:
+        kept = torch.multinomial(scores.float().clamp_min(1e-12), keep, replacement=False, generator=generator)
+    else:
+        kept = scores.topk(keep, dim=1).indices
+    kept = kept.sort(dim=1).values + 1
+    return torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=scores.device), kept], dim=1)
