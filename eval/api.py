@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from torch import nn
 
-from eval import anomaly, features, knn, linear, retrieve, segment
+from eval import anomaly, features, knn, linear, pairs, retrieve, segment
 from eval.config import load_eval_config
 from eval.results import Result, format_table, write_result
 from eval.store import FeatureStore, is_file_source
@@ -30,6 +30,7 @@ PROTOCOLS: dict[str, Callable[..., Result]] = {
     "segment": segment.run,
     "retrieve": retrieve.run,
     "anomaly": anomaly.run,
+    "knn-pairs": pairs.run,
 }
 DEFAULT_DATA = {"segment": "shapes"}
 
@@ -86,7 +87,7 @@ def run_protocol(
         "data": cfg.data.name,
         "seconds": round(seconds, 3),
         "config": OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, ["model", "data", protocol]), resolve=True
+            OmegaConf.masked_copy(cfg, ["model", "data", protocol.replace("-", "_")]), resolve=True
         ),
         "features": dict(store.used),
     }

@@ -114,14 +114,28 @@ class SegmentConfig:
 
 @dataclass
 class RetrieveConfig:
+    protocol: str = "splits"  # splits | cmd (queries: every query_every-th query_split image; see eval/retrieve.py)
     gallery_split: str = "train"
     query_split: str = "val"
+    query_every: int = 9  # cmd protocol
     pooling: str = "cls"
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    map_k: int | None = None  # None ranks the whole gallery
+    map_k: int | None = None  # None ranks the whole gallery (cmd protocol: 100)
     chunk_size: int = 1024
     index: str | None = None  # a saved gallery index (labels in <index>.labels.npy) to search instead
     save_index: str | None = None  # write the gallery index (and its labels) to this path
+
+
+@dataclass
+class KNNPairsConfig:
+    """`ssl-eval knn-pairs`: neighbour indices for training (STEGO / CoTAP NNS files, eval/pairs.py)."""
+
+    split: str = "train"
+    pooling: str = "mean"  # STEGO: globally average-pooled features
+    top: int = 30  # columns, the image itself first (STEGO's top-30)
+    file: str | None = None  # also write the NNS file here (it is always written as <out>/knn-pairs-<data>.nns.npz)
+    report_ks: list[int] = field(default_factory=lambda: [1, 7])
+    chunk_size: int = 4096
 
 
 @dataclass
@@ -153,6 +167,7 @@ class EvalConfig:
     linear: LinearConfig = field(default_factory=LinearConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    knn_pairs: KNNPairsConfig = field(default_factory=KNNPairsConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # for --slurm / --local launches
@@ -186,7 +201,7 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
         merged.data.options = check_data_options(merged.data.name, merged.data.options, "ssl-eval")
     except ConfigError as error:
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
-    for section in ("features", "knn", "linear", "retrieve", "anomaly"):
+    for section in ("features", "knn", "linear", "retrieve", "knn_pairs", "anomaly"):
         if merged[section].pooling not in POOLINGS:
             raise EvalConfigError(
                 f"{section}.pooling must be one of {POOLINGS}, got '{merged[section].pooling}'"

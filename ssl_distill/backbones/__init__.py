@@ -1,7 +1,7 @@
 """Backbones: the factory by `model.kind` (`build_backbone`) and the one way to load them (`load_backbone`).
 
-Kinds: `vit` (any timm VisionTransformer by name) and `video_vit` (tubelet ViT); each registers with
-its `Config`, the schema of the config's `model` section. A source to load is one of our training
+Kinds: `vit` (any timm VisionTransformer by name), `video_vit` (tubelet ViT) and `swin` (any timm
+SwinTransformer by name, `swin.py`); each registers with its `Config`, the schema of the config's `model` section. A source to load is one of our training
 checkpoints (`.pt`), a run directory, an exported `.safetensors` file, or a timm model name
 (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or unexpected
 keys raise instead of leaving random weights in place.
@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ssl_distill.backbones.encoder import Encoded, TokenEncoder
+from ssl_distill.backbones.swin import Swin
 from ssl_distill.backbones.video_vit import VideoViT, VideoViTConfig
 from ssl_distill.backbones.vit import ViT, ViTConfig, mask_from_keep
 from ssl_distill.checkpoints import read_checkpoint, resolve_run_path
@@ -42,7 +43,9 @@ __all__ = [
     "build_backbone",
     "export_backbone",
     "load_backbone",
+    "load_backbone_into",
     "mask_from_keep",
+    "Swin",
 ]
 
 
@@ -54,14 +57,18 @@ def build_backbone(spec: Any, initialize: bool = True, **overrides: Any) -> nn.M
     return BACKBONES.get(kind)(**spec, initialize=initialize)
 
 
+def _timm_module(backbone: nn.Module) -> nn.Module:
+    """The timm model inside (the bare VisionTransformer or SwinTransformer), else the backbone itself."""
+    return backbone.vit if isinstance(backbone, ViT) else backbone.swin if isinstance(backbone, Swin) else backbone
+
+
 def backbone_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights in timm's naming (the bare VisionTransformer for an image ViT)."""
-    module = backbone.vit if isinstance(backbone, ViT) else backbone
-    return module.state_dict()
+    """The weights in timm's naming (the bare timm model for an image ViT or a Swin)."""
+    return _timm_module(backbone).state_dict()
 
 
 def _load_strict(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    module = backbone.vit if isinstance(backbone, ViT) else backbone
+    module = _timm_module(backbone)
     result = module.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise BackboneLoadError(
@@ -121,8 +128,24 @@ def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) 
         _load_strict(backbone, checkpoint["backbone"], text)
         return backbone
     name = text.removeprefix("timm:")
-    backbone = build_backbone({"name": name, **sizes}, initialize=weights is None)
+    kind = "swin" if name.startswith("swin") else "vit"
+    backbone = build_backbone({"kind": kind, "name": name, **sizes}, initialize=weights is None)
     if weights is not None:
         state = load_file(weights) if weights.endswith(".safetensors") else torch.load(weights, map_location="cpu", weights_only=True)
         _load_strict(backbone, state.get("model", state) if isinstance(state, dict) else state, weights)
+    return backbone
+
+
+def load_backbone_into(backbone: nn.Module, source: str | Path) -> nn.Module:
+    """Copy the weights of a trained backbone (run directory, checkpoint or exported .safetensors) into
+    `backbone`, whose spec must match (up to `dynamic_img_size`): continued pretraining (CoTAP, CMD)."""
+    path = Path(source)
+    if not (path.is_dir() or path.suffix in (".pt", ".pth", ".ckpt", ".safetensors")):
+        raise BackboneLoadError(f"{source}: continuing needs trained weights (a run directory, checkpoint or .safetensors)")
+    loaded = load_backbone(path)
+    ours = {k: v for k, v in backbone.spec.items() if k != "dynamic_img_size"}
+    theirs = {k: v for k, v in loaded.spec.items() if k != "dynamic_img_size"}
+    if ours != theirs:
+        raise BackboneLoadError(f"{source}: its backbone {theirs} differs from the model {ours}")
+    _load_strict(backbone, backbone_weights(loaded), str(source))
     return backbone

@@ -1,5 +1,7 @@
 """Datasets (sources), view transforms and the resumable loader."""
 
+from ssl_distill.data import neighbors as neighbors
+from ssl_distill.data import shape_sets as shape_sets
 from ssl_distill.data.echo_frames import EchoFrames as EchoFrames
 from ssl_distill.data.images import ImageSource, Sample, build_source
 from ssl_distill.data.loader import ResumableSampler, ViewDataset, build_loader, seeded_call

@@ -32,12 +32,17 @@ def seeded_call(seed: int, fn: Callable[[], Any]) -> Any:
 
 
 class ViewDataset(Dataset):
-    """Source + view transform -> {'views': [view tensors], 'label', 'index'[, 'mask']}."""
+    """Source + view transform -> {'views': [view tensors], 'label', 'index'[, 'mask']}; a source with
+    nearest-neighbour partners (`partner_index(index, seed)`, see data/neighbors.py) adds 'partner_views' (the
+    same transform on the partner image, with its own seed) and 'partner_index'."""
 
     provides = frozenset({"views", "label", "index"})
 
     def __init__(self, source: Dataset, transform: Callable) -> None:
         self.source, self.transform = source, transform
+        self.partners = hasattr(source, "partner_index")
+        if self.partners:
+            self.provides = ViewDataset.provides | {"partner_views", "partner_index"}
 
     def __len__(self) -> int:
         return len(self.source)
@@ -48,6 +53,11 @@ class ViewDataset(Dataset):
         item = {"views": seeded_call(seed, lambda: self.transform(sample.image)), "label": sample.label, "index": index}
         if sample.mask is not None:
             item["mask"] = torch.as_tensor(np.asarray(sample.mask), dtype=torch.long)
+        if self.partners:
+            partner_seed = (seed * 2_654_435_761 + 1) % 2**31  # not the anchor's seed: other crops
+            item["partner_index"] = self.source.partner_index(index, partner_seed)
+            partner = self.source[item["partner_index"]]
+            item["partner_views"] = seeded_call(partner_seed, lambda: self.transform(partner.image))
         return item
 
 
