@@ -1,5 +1,6 @@
 """Generated sets for patch-level methods (no download), seeded, with train / val / test splits
-(a `limit` takes the first images of the full split, so it never changes them).
+(a `limit` takes the first images of the full split, so it never changes them), generated on first use
+and cached on disk like the bundled MNIST.
 
 - `shapes_fine`: fine-grained categories. Every image shows the same kind of object, an elongated body
   at a random position, size, rotation and colour on a textured background; the class is set only by
@@ -20,8 +21,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ssl_distill.data.bundled import SHAPE_CLASSES, _shape_mask, _smooth_noise
+from ssl_distill.data.bundled import SHAPE_CLASSES, _shape_mask, _smooth_noise, cache_dir
 from ssl_distill.data.images import ArraySource, ImageSource
+from ssl_distill.files import atomic_path
 from ssl_distill.registry import DATASETS
 
 HEAD_GLYPHS = ("disk", "ring", "cross", "bar")
@@ -129,9 +131,20 @@ def make_scenes(n: int, size: int = 32, seed: int = 0, max_objects: int = 4) -> 
     return images, labels, masks
 
 
+GENERATOR_VERSION = 1  # bump when a generator changes, so cached files are not reused
+
+
 @lru_cache(maxsize=8)
 def _generated(kind: str, n: int, seed: int, size: int, extra: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return make_fine_shapes(n, size, seed, extra) if kind == "fine" else make_scenes(n, size, seed, extra)
+    """A full split, from the on-disk cache (`$SSL_DISTILL_CACHE`) when it is there, else generated and cached."""
+    cached = cache_dir() / f"shapes_{kind}_v{GENERATOR_VERSION}_{n}_{seed}_{size}_{extra}.npz"
+    if cached.is_file():
+        with np.load(cached) as data:
+            return data["images"], data["labels"], data["masks"]
+    made = make_fine_shapes(n, size, seed, extra) if kind == "fine" else make_scenes(n, size, seed, extra)
+    with atomic_path(cached, fsync=False) as tmp:
+        np.savez(tmp, images=made[0], labels=made[1], masks=made[2])
+    return made
 
 
 def _split(name: str, splits: dict[str, tuple[int, int]], split: str) -> tuple[int, int]:
