@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssl_distill.backbones import load_backbone
 from ssl_distill.config import load_config, validate
 from ssl_distill.engine import train
 from ssl_distill.errors import ConfigError
@@ -201,8 +202,6 @@ def test_tiny_cmd_runs_learn(tmp_path, config):
     losses = result.losses
     assert len(losses) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.95 * np.mean(losses[:4]), losses
-    from ssl_distill.backbones import load_backbone
-
     backbone = load_backbone(result.exported).eval()
     state = torch.load(result.checkpoint, weights_only=True)["model"]
     teacher = OBJECTIVES.get("cmd")(cfg, 30)
