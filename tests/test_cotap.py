@@ -173,7 +173,7 @@ def test_cotap_term_falls_on_a_fixed_batch_with_a_fixed_teacher(tmp_path):
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     assert losses[-1] < 0.97 * losses[0], losses
 
 
