@@ -16,10 +16,11 @@ from eval.api import run_protocol
 from ssl_distill.backbones import load_backbone
 from ssl_distill.config import load_config
 from ssl_distill.engine import train
-from ssl_distill.errors import BackboneLoadError
+from ssl_distill.errors import BackboneLoadError, ConfigError
 from ssl_distill.losses import ContinuousAPLoss
 from ssl_distill.losses.ranking import continuous_average_precision, ideal_average_precision
 from ssl_distill.modules.object_filter import ObjectAwareFilter
+from ssl_distill.modules.teacher import load_part_into
 from ssl_distill.objectives.cotap import continuous_targets
 from ssl_distill.registry import OBJECTIVES
 
@@ -129,7 +130,9 @@ def test_continuous_targets_are_monotone_in_unit_range_and_never_thresholded():
 
 
 def cotap(tmp_path, *overrides: str, steps: int = 10):
-    cfg = load_config(CONFIGS / "cotap/tiny_shapes_scenes.yaml", [*TINY, f"run.out_dir={tmp_path}", "objective.init=null", *overrides])
+    cfg = load_config(CONFIGS / "cotap/tiny_shapes_scenes.yaml", [
+        *TINY, f"run.out_dir={tmp_path}", "objective.init=null", "objective.init_heads=false", *overrides,
+    ])
     torch.manual_seed(0)
     return OBJECTIVES.get("cotap")(cfg, steps)
 
@@ -177,11 +180,15 @@ def test_cotap_term_falls_on_a_fixed_batch_with_a_fixed_teacher(tmp_path):
     assert losses[-1] < 0.97 * losses[0], losses
 
 
-def test_init_needs_trained_weights_of_the_same_shape(tmp_path, mae_teacher):
+def test_init_needs_trained_weights_of_the_same_shape_and_heads_where_asked(tmp_path, mae_teacher):
     with pytest.raises(BackboneLoadError, match="continuing needs trained weights"):
         cotap(tmp_path, "objective.init=vit_tiny_patch16_224")
     with pytest.raises(BackboneLoadError, match="differs from the model"):
         cotap(tmp_path, f"objective.init={mae_teacher}")  # 48-d, 4 blocks
+    with pytest.raises(ConfigError, match="init_heads needs objective.init"):
+        cotap(tmp_path, "objective.init_heads=true")
+    with pytest.raises(BackboneLoadError, match="'student_head' does not match this module: missing keys \\['weight'"):
+        load_part_into(torch.nn.Linear(2, 2), mae_teacher, "student_head")  # an MAE run has no DINO head
 
 
 @pytest.mark.slow
@@ -203,6 +210,10 @@ def test_dino_then_knn_pairs_then_cotap_continues_and_learns(tmp_path):
     start, images = load_backbone(dino.exported).eval(), torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(continued.student(images), start(images))  # continues from the DINO teacher
     torch.testing.assert_close(continued.teacher(images), start(images))
+    state = torch.load(dino.checkpoint, weights_only=True)["model"]  # and its heads and centre (init_heads)
+    for name, tensor in continued.state_dict().items():
+        if name.startswith(("student_head.", "teacher_head.", "center.")):
+            assert torch.equal(tensor, state[name]), name
     run = train(cfg)
     with open(run.run_dir / "metrics.csv") as handle:
         logged = list(csv.DictReader(handle))

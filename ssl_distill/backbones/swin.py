@@ -106,10 +106,6 @@ class Swin(nn.Module):
         """(H', W') of the final feature map at `img_size`."""
         return tuple(int(s) for s in self.swin.layers[-1].output_resolution)  # type: ignore[return-value]
 
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
-
     def no_weight_decay(self) -> set[str]:
         return {f"swin.{name}" for name in self.swin.no_weight_decay()}
 

@@ -17,7 +17,8 @@ Every reconstructed choice is a key of `CoTAPConfig` with the default documented
 - loss = base_weight * DINO on the class token (the init method's own loss, multi-crop) +
   intra_weight * CoTAP(u <-> v, the two global crops) + inter_weight * CoTAP(global crops <-> the
   neighbour's first global crop, both directions), CoTAP = 1 − mean AP (`losses/ranking.py`);
-- `init`: the backbone to continue from (a DINO run, checkpoint or export);
+- `init`: the backbone to continue from (a DINO run, checkpoint or export; with `init_heads` also the
+  run's DINO heads and centre, so the class-token term continues instead of restarting from a random head);
   `backbone_lr_scale` scales the backbone's learning rate against the heads' (Leopart: 1e-5 vs 1e-4).
 """
 
@@ -36,6 +37,7 @@ from ssl_distill.errors import ConfigError
 from ssl_distill.losses import ContinuousAPLoss, SelfDistillationLoss
 from ssl_distill.modules.heads import patch_projection
 from ssl_distill.modules.object_filter import ObjectAwareFilter
+from ssl_distill.modules.teacher import load_part_into
 from ssl_distill.objectives.base import Output, SelfDistillationConfig, SelfDistillationObjective
 from ssl_distill.registry import OBJECTIVES
 
@@ -50,6 +52,7 @@ class CoTAPConfig(SelfDistillationConfig):
 
     name: str = "cotap"
     init: str | None = None  # backbone to continue from: run dir, checkpoint or .safetensors (None: from scratch)
+    init_heads: bool = False  # also take the DINO heads and centre of `init` (a DINO run or its checkpoint)
     backbone_lr_scale: float = 0.1  # [D] Leopart: backbone lr 1e-5, heads 1e-4
     momentum_start: float = 0.9995  # [D] Leopart's EMA, 0.9995 -> 1
     base_weight: float = 1.0  # [D] DINO on the class token (0 turns it off)
@@ -113,6 +116,11 @@ class CoTAP(SelfDistillationObjective):
         self.teacher_projection = self.ema.copy(self.student_projection)
         self.teacher_filter = self.ema.copy(self.student_filter)
         self.center = self.centering()
+        if o.init_heads:
+            if o.init is None:
+                raise ConfigError("objective.init_heads needs objective.init (a DINO run directory or checkpoint)")
+            for module, part in ((self.student_head, "student_head"), (self.teacher_head, "teacher_head"), (self.center, "center")):
+                load_part_into(module, o.init, part)
         self.dino_loss = SelfDistillationLoss(o.student_temp, skip_same_view=True)
         self.ranking = ContinuousAPLoss(o.rank_temperature, o.normalize_ap, o.chunk_size)
 
