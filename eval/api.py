@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from eval import anomaly, cluster, features, knn, linear, retrieve, segment, text_retrieve, zeroshot
+from eval import anomaly, cluster, features, knn, linear, pairs, retrieve, segment, text_retrieve, zeroshot
 from eval.baselines import PIXELS, RawPixels
 from eval.config import load_eval_config
 from eval.results import Result, format_table, write_result
@@ -35,6 +35,7 @@ PROTOCOLS: dict[str, Callable[..., Result]] = {
     "cluster": cluster.run,
     "zeroshot": zeroshot.run,
     "text_retrieve": text_retrieve.run,
+    "knn-pairs": pairs.run,
 }
 DEFAULT_DATA = {"segment": "shapes", "zeroshot": "shapes_text", "text_retrieve": "shapes_text"}
 
@@ -147,7 +148,7 @@ def run_protocol(
         "args": None if isinstance(backbone, nn.Module) else
         {"backbone": str(backbone), "data": data, "overrides": list(overrides)},
         "config": OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, ["model", "data", protocol]), resolve=True
+            OmegaConf.masked_copy(cfg, ["model", "data", protocol.replace("-", "_")]), resolve=True
         ),
         "data_options": store.data_options,
         "features": dict(store.used),

@@ -29,11 +29,12 @@ HELP = {
     "knn": "weighted kNN classification (k in 10, 20, 100, 200; T=0.07)",
     "linear": "linear probe: logistic regression (C sweep), torch heads, or ridge for continuous targets",
     "segment": "linear segmentation head on frozen patch tokens: mIoU and Dice",
-    "retrieve": "retrieval against a gallery: recall@k and mAP",
+    "retrieve": "retrieval against a gallery: recall@k and mAP (retrieve.protocol=cmd: CMD's Rank-1/5, mAP@100)",
     "anomaly": "kNN-distance anomaly AUROC, or DISCOVR zero-shot kNN (anomaly.method=zero_shot)",
     "cluster": "k-means on frozen features: accuracy (Hungarian), NMI, ARI (e.g. cluster.pooling=consistent)",
     "zeroshot": "zero-shot classification with the run's text tower (prompt ensembles over class names)",
     "text_retrieve": "image<->text retrieval recall@k with the run's text tower",
+    "knn-pairs": "nearest-neighbour file for training (CoTAP / STEGO NNS layout) and its label agreement",
 }
 
 

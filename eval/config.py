@@ -141,14 +141,28 @@ class SegmentConfig:
 
 @dataclass
 class RetrieveConfig(IndexSettings):
+    protocol: str = choice("splits", ("splits", "cmd"))  # cmd: queries are every query_every-th query_split image (eval/retrieve.py)
     gallery_split: str = "train"
     query_split: str = "val"
+    query_every: int = ranged(9, "[1, inf)")  # cmd protocol
     pooling: str = "cls"
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    map_k: int | None = None  # None ranks the whole gallery
+    map_k: int | None = None  # None ranks the whole gallery (cmd protocol: 100)
     chunk_size: int = 1024
     load_index: str | None = None  # a saved gallery index (labels in <load_index>.labels.npy) to search instead
     save_index: str | None = None  # write the gallery index (and its labels) to this path
+
+
+@dataclass
+class KNNPairsConfig:
+    """`ssl-eval knn-pairs`: neighbour indices for training (STEGO / CoTAP NNS files, eval/pairs.py)."""
+
+    split: str = "train"
+    pooling: str = "mean"  # STEGO: globally average-pooled features
+    top: int = ranged(30, "[2, inf)")  # columns, the image itself first (STEGO's top-30)
+    file: str | None = None  # also write the NNS file here (it is always written as <out>/knn-pairs-<data>.nns.npz)
+    report_ks: list[int] = field(default_factory=lambda: [1, 7])
+    chunk_size: int = 4096
 
 
 @dataclass
@@ -211,6 +225,7 @@ class EvalConfig:
     linear: LinearConfig = field(default_factory=LinearConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    knn_pairs: KNNPairsConfig = field(default_factory=KNNPairsConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
@@ -267,7 +282,7 @@ def load_eval_config(data: str | None = None, overrides: list[str] | tuple[str, 
         raise EvalConfigError(str(error).removeprefix("ssl-eval: ")) from None
     # only the options given are kept: the others come from the backbone (clip shape) or the dataset's defaults
     merged.data.options = OmegaConf.create({key: checked[key] for key in given})
-    for section in ("features", "knn", "linear", "retrieve", "anomaly", "cluster", "zeroshot", "text_retrieve"):
+    for section in ("features", "knn", "linear", "retrieve", "knn_pairs", "anomaly", "cluster", "zeroshot", "text_retrieve"):
         if merged[section].pooling not in POOLINGS:
             raise EvalConfigError(
                 f"{section}.pooling must be one of {POOLINGS}, got '{merged[section].pooling}'"

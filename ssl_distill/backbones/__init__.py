@@ -2,7 +2,8 @@
 
 Kinds: `vit` (any timm VisionTransformer by name), `video_vit` (tubelet ViT), `cnn` (any timm CNN by
 name, for objectives that do not mask tokens), `text` (a text tower with its tokenizer), `conv_vae` (a
-convolutional VAE encoder over aligned views) and `mrdd` (MRDD's exported encoders); each registers with
+convolutional VAE encoder over aligned views), `mrdd` (MRDD's exported encoders) and `swin` (any timm
+SwinTransformer by name, `swin.py`); each registers with
 its `Config`, the schema of the config's `model` section. A source to load is one of our training
 checkpoints (`.pt`), a run directory, an exported `.safetensors` file, or a timm model name
 (`timm:<name>` or a bare name) with an optional weights file. Loading is strict: missing or unexpected
@@ -26,6 +27,7 @@ from torch import nn
 from ssl_distill.backbones.cnn import CNN, CNNConfig
 from ssl_distill.backbones.conv_vae import ConvVAEConfig, ConvVAEEncoder, MRDDEncoder
 from ssl_distill.backbones.encoder import Encoded, TokenEncoder
+from ssl_distill.backbones.swin import Swin
 from ssl_distill.backbones.text import TextConfig, TextTransformer
 from ssl_distill.backbones.video_vit import VideoViT, VideoViTConfig
 from ssl_distill.backbones.vit import ViT, ViTConfig, mask_from_keep
@@ -56,7 +58,9 @@ __all__ = [
     "build_backbone",
     "export_backbone",
     "load_backbone",
+    "load_backbone_into",
     "mask_from_keep",
+    "Swin",
 ]
 
 
@@ -76,19 +80,25 @@ VIT_MODULES = ("vision_transformer", "vision_transformer_hybrid", "deit")
 
 
 def timm_kind(name: str) -> str:
-    """The kind that builds timm model `name`: `vit` for the VisionTransformer family, else `cnn`."""
-    return "vit" if is_model_in_modules(name, VIT_MODULES) else "cnn"
+    """The kind that builds timm model `name`: `vit` for the VisionTransformer family, `swin` for
+    SwinTransformers, else `cnn`."""
+    if is_model_in_modules(name, VIT_MODULES):
+        return "vit"
+    return "swin" if is_model_in_modules(name, ("swin_transformer",)) else "cnn"
 
 
 def timm_module(backbone: nn.Module) -> nn.Module | None:
-    """The timm model inside a backbone (the bare VisionTransformer or CNN), None for a kind timm lacks."""
+    """The timm model inside a backbone (the bare VisionTransformer, SwinTransformer or CNN), None for a
+    kind timm lacks."""
     if isinstance(backbone, ViT):
         return backbone.vit
+    if isinstance(backbone, Swin):
+        return backbone.swin
     return backbone.model if isinstance(backbone, CNN) else None
 
 
 def backbone_weights(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights in timm's naming (the bare timm model for an image ViT or a CNN)."""
+    """The weights in timm's naming (the bare timm model for an image ViT, a Swin or a CNN)."""
     return (timm_module(backbone) or backbone).state_dict()
 
 
@@ -188,4 +198,19 @@ def load_backbone(source: str | Path, weights: str | None = None, **sizes: Any) 
     if weights is not None:
         state = load_file(weights) if weights.endswith(".safetensors") else torch.load(weights, map_location="cpu", weights_only=True)
         _load_strict(backbone, state.get("model", state) if isinstance(state, dict) else state, weights)
+    return backbone
+
+
+def load_backbone_into(backbone: nn.Module, source: str | Path) -> nn.Module:
+    """Copy the weights of a trained backbone (run directory, checkpoint or exported .safetensors) into
+    `backbone`, whose spec must match (up to `dynamic_img_size`): continued pretraining (CoTAP, CMD)."""
+    path = Path(source)
+    if not (path.is_dir() or path.suffix in (".pt", ".pth", ".ckpt", ".safetensors")):
+        raise BackboneLoadError(f"{source}: continuing needs trained weights (a run directory, checkpoint or .safetensors)")
+    loaded = load_backbone(path)
+    ours = {k: v for k, v in backbone.spec.items() if k != "dynamic_img_size"}
+    theirs = {k: v for k, v in loaded.spec.items() if k != "dynamic_img_size"}
+    if ours != theirs:
+        raise BackboneLoadError(f"{source}: its backbone {theirs} differs from the model {ours}")
+    _load_strict(backbone, backbone_weights(loaded), str(source))
     return backbone

@@ -87,13 +87,17 @@ class SeededDataset(Dataset):
 class ViewDataset(SeededDataset):
     """Source + view transform -> {'views': [view tensors], 'label', 'index', 'skipped'[, 'mask']}, plus the
     per-item keys a source adds through `extras(index)` and declares in `extra_keys` (captions of image-text
-    sources)."""
+    sources); a source with nearest-neighbour partners (`partner_index(index, seed)`, data/neighbors.py)
+    adds 'partner_views' (the same transform on the partner image, with its own seed) and 'partner_index'."""
 
     provides = frozenset({"views", "label", "index", "skipped"})
 
     def __init__(self, source: Dataset, transform: Callable) -> None:
         self.source, self.transform = source, transform
         self.provides = ViewDataset.provides | frozenset(getattr(source, "extra_keys", ()))
+        self.partners = hasattr(source, "partner_index")
+        if self.partners:
+            self.provides = self.provides | {"partner_views", "partner_index"}
 
     def __len__(self) -> int:
         return len(self.source)
@@ -102,6 +106,11 @@ class ViewDataset(SeededDataset):
         item = view_item(self.source[index], self.transform, index)
         if hasattr(self.source, "extras"):
             item.update(self.source.extras(index))  # under the item's seed, after the views
+        if self.partners:  # a nearest-neighbour partner (data/neighbors.py) with its own crops
+            partner_seed = int(torch.randint(2**31, ()))  # drawn under the item's seed: not the anchor's
+            item["partner_index"] = self.source.partner_index(index, partner_seed)
+            partner = self.source[item["partner_index"]]
+            item["partner_views"] = seeded_call(partner_seed, lambda: self.transform(partner.image))
         return item
 
 

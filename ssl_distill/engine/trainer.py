@@ -293,7 +293,7 @@ class Trainer:
     def _set_schedules(self, step: int) -> float:
         lr = float(self.lr_schedule[step])
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay (fine-tuning)
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay (fine-tuning), CoTAP's backbone
             if group.get("apply_wd_schedule"):
                 group["weight_decay"] = float(self.wd_schedule[step])
         return lr

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lightly.models.modules import DINOProjectionHead
+from lightly.models.modules.heads import ProjectionHead
 from timm.layers import Mlp
 from torch import nn
 
@@ -37,3 +38,13 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> Mlp:
         nn.init.xavier_uniform_(layer.weight)
         nn.init.zeros_(layer.bias)
     return head
+
+
+def patch_projection(in_dim: int, hidden_dim: int, out_dim: int) -> ProjectionHead:
+    """Per-token MLP in -> hidden -> hidden -> out with GELU, no norm (Leopart's projection head,
+    Ziegler & Asano, CVPR 2022, `experiments/leopart/model.py`); works on (..., in_dim) tokens."""
+    return ProjectionHead([
+        (in_dim, hidden_dim, None, nn.GELU()),
+        (hidden_dim, hidden_dim, None, nn.GELU()),
+        (hidden_dim, out_dim, None, None),
+    ])

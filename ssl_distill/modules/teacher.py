@@ -147,6 +147,26 @@ def load_part(source: str | Path, part: str) -> nn.Module:
     part is never replaced by a random one."""
     if part == "backbone":
         return load_backbone(source).requires_grad_(False).eval()
+    path, checkpoint = _training_checkpoint(source, part)
+    try:
+        cfg = from_yaml(checkpoint["config"])
+    except Exception as error:
+        raise BackboneLoadError(f"{path}: not a readable ssl_distill checkpoint ({type(error).__name__}: {error})") from None
+    module = objective_class(cfg.objective).build_part(cfg, part)
+    _load_part_state(module, path, checkpoint, part, "the part rebuilt from its config")
+    return module.requires_grad_(False).eval()
+
+
+def load_part_into(module: nn.Module, source: str | Path, part: str) -> nn.Module:
+    """Copy part `part` (a state-dict prefix such as 'teacher_head') of the run directory or checkpoint
+    `source` into `module`, strictly (continued training: CoTAP takes a DINO run's heads and centre)."""
+    path, checkpoint = _training_checkpoint(source, part)
+    _load_part_state(module, path, checkpoint, part, "this module")
+    return module
+
+
+def _training_checkpoint(source: str | Path, part: str) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of a run directory, or a checkpoint file, read; BackboneLoadError otherwise."""
     path = Path(source)
     if not path.exists():
         raise BackboneLoadError(f"{source}: no such run directory or checkpoint")
@@ -162,16 +182,21 @@ def load_part(source: str | Path, part: str) -> nn.Module:
         )
     try:
         checkpoint = read_checkpoint(path)
-        cfg = from_yaml(checkpoint["config"])
+        checkpoint["model"]
     except Exception as error:
         raise BackboneLoadError(f"{path}: not a readable ssl_distill checkpoint ({type(error).__name__}: {error})") from None
-    module = objective_class(cfg.objective).build_part(cfg, part)
+    return path, checkpoint
+
+
+def _load_part_state(module: nn.Module, path: Path, checkpoint: dict[str, Any], part: str, what: str) -> None:
     prefix = f"{part}."
     state = {key[len(prefix) :]: value for key, value in checkpoint["model"].items() if key.startswith(prefix)}
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes differ
+        raise BackboneLoadError(f"{path}: the checkpoint's '{part}' does not fit {what}: {str(error).splitlines()[-1].strip()}") from None
     if not state or result.missing_keys or result.unexpected_keys:
         raise BackboneLoadError(
-            f"{path}: the checkpoint's '{part}' does not match the part rebuilt from its config: missing keys "
+            f"{path}: the checkpoint's '{part}' does not match {what}: missing keys "
             f"{result.missing_keys[:8]}, unexpected keys {result.unexpected_keys[:8]}"
         )
-    return module.requires_grad_(False).eval()
