@@ -362,7 +362,10 @@ def build_report(
         if (plot := plot_training(csv, figures / f"training-{_stem(name)}.png", f"training · {name}")) is not None:
             blocks.append(("img", (str(plot.relative_to(out)), f"training · {name}")))
         if validation := validation_rows(csv):
-            blocks += [("h2", f"Validation during training · {name}"), ("table", validation)]
+            blocks.append(("h2", "Validation during training"))
+            if len(csvs) > 1:
+                blocks.append(("p", name))
+            blocks.append(("table", validation))
     for label, path, record in results:
         blocks.append(
             ("h2", f"{record['protocol']} · {record.get('data', '')} · {record.get('backbone', '')}")

@@ -103,6 +103,10 @@ class Swin(nn.Module):
         return self.embed_dim
 
     @property
+    def in_chans(self) -> int:
+        return int(self.swin.patch_embed.proj.in_channels)
+
+    @property
     def grid_size(self) -> tuple[int, int]:
         """(H', W') of the final feature map at `img_size`."""
         return tuple(int(s) for s in self.swin.layers[-1].output_resolution)  # type: ignore[return-value]

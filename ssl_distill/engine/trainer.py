@@ -418,6 +418,12 @@ class Trainer:
                 while self.step < last_step:
                     self.train_step(next(batches))
                     progress.update()
+                    validation: dict[str, float] = {}
+                    if self._validates_now():
+                        started = time.perf_counter()
+                        validation = self.validate()
+                        tic += time.perf_counter() - started  # throughput counts training time only
+                        progress.write(f"step {self.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in validation.items()))
                     if self.step % cfg.train.log_every == 0 or self.step == self.max_steps:
                         window = self._take_read()
                         result.losses += [row["loss"] for row in window]
@@ -429,15 +435,11 @@ class Trainer:
                             checked = self.monitor(self.objective.backbone)
                             means.update(checked)
                             progress.write(self.monitor.describe(self.step, checked))
-                        logger.log(self.step, means)
+                        logger.log(self.step, {**means, **validation})  # validation joins the step's row
                         progress.log(self.step, means)
                         tic = time.perf_counter()
-                    if self._validates_now():
-                        started = time.perf_counter()
-                        validation = self.validate()
+                    elif validation:
                         logger.log(self.step, validation)
-                        progress.write(f"step {self.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in validation.items()))
-                        tic += time.perf_counter() - started  # throughput counts training time only
                     if any_rank(self.stop_requested_at is not None, self.device):
                         self.request_stop()  # ranks that got no signal stop too
                         path = self.save_checkpoint()
