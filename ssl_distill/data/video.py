@@ -363,21 +363,12 @@ class VideoClipDataset(ClipSampler, SeededDataset):
         source: str | Path | Sequence[str | Path],
         split: str = "all",
         limit: int | None = None,
-        num_frames: int = 16,
-        stride: int = 2,
-        clip_sampling: str = "random",
-        clips_per_video: int = 1,
-        img_size: int = 112,
-        crop_scale: Sequence[float] | None = (0.5, 1.0),
-        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-        hflip: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         with_masks: bool = False,
         max_failures: int = 16,
         open_readers: int = 16,
+        **clip: Any,
     ) -> None:
-        super().__init__(num_frames, stride, clip_sampling, clips_per_video, img_size, crop_scale, crop_ratio, hflip, mean, std)
+        super().__init__(**clip)  # the ClipSampler settings
         self.entries = video_entries(source, split)[:limit]
         if not self.entries:
             raise FileNotFoundError(f"no videos in {source} for split '{split}'")
