@@ -478,9 +478,11 @@ def top_ops(step: dict[str, tuple[float, int]], reference: dict[str, tuple[float
     return {"top": [entry(k, step[k][0]) for k in by_time], "excess": [entry(k, step[k][0]) for k in excess]}
 
 
-def measure_case(case: Case, out: Path, teachers: dict[str, Path], pairs: int, warmup: int, profile_steps: int) -> dict[str, Any]:
+def measure_case(
+    case: Case, out: Path, teachers: dict[str, Path], pairs: int, warmup: int, profile_steps: int, small: list[str]
+) -> dict[str, Any]:
     names = {k: str(v) for k, v in teachers.items()}
-    overrides = [o.format(**names) for o in case.overrides] + (IMAGE_LIMIT if case.image else [])
+    overrides = [o.format(**names) for o in case.overrides] + ([*IMAGE_LIMIT, *small] if case.image else [])
     trainer, batch = build_trainer(case.config, out / "runs", [f"run.name={case.row.replace(' ', '_')}", *overrides])
     reference = make_reference_step(trainer, case, batch)
     step = lambda: objective_step(trainer, batch)  # noqa: E731
@@ -546,12 +548,12 @@ def same_loss(obj: nn.Module, batch: dict[str, Any], early: nn.Module, whole: nn
     return bool(torch.equal(losses[0], losses[1]))
 
 
-def measure_partial(name: str, out: Path, deep: Path, pairs: int, warmup: int) -> dict[str, Any]:
+def measure_partial(name: str, out: Path, deep: Path, pairs: int, warmup: int, small: list[str]) -> dict[str, Any]:
     if name == "dmae":
         config, overrides = "dmae/tiny_mnist.yaml", [f"objective.teacher.source={deep}"]
     else:
         config, overrides = "g2sd/tiny_mnist_generic.yaml", [f"objective.teacher.source={deep}", "objective.teacher_decoder_blocks=4"]
-    trainer, batch = build_trainer(config, out / "runs", [f"run.name=partial_{name}", *IMAGE_LIMIT, *overrides])
+    trainer, batch = build_trainer(config, out / "runs", [f"run.name=partial_{name}", *IMAGE_LIMIT, *small, *overrides])
     obj = trainer.objective
     early = obj.teacher
     whole = WholeDMAETeacher(early, load_part(deep, "decoder")) if name == "dmae" else WholeG2SDTeacher(early)
@@ -597,7 +599,7 @@ def machine(load_start: tuple[float, ...]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"), help="writes <out>/objective_overhead.json")
-    parser.add_argument("--quick", action="store_true", help="2 pairs, 1 warm-up: a smoke check in seconds")
+    parser.add_argument("--quick", action="store_true", help="2 pairs, 1 warm-up, image batches of 16: a smoke check")
     parser.add_argument("--pairs", type=int, default=None, help="timed pairs per row (default 15; --quick 2)")
     parser.add_argument("--only", nargs="*", default=None, help="rows to run (default: all)")
     args = parser.parse_args(argv)
@@ -606,6 +608,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ["OMP_NUM_THREADS"] = "1"
     pairs = args.pairs or (2 if args.quick else 15)
     warmup, profile_steps = (1, 1) if args.quick else (3, 5)
+    small = ["data.batch_size=16"] if args.quick else []  # image configs only (the echo ones have 4 clips)
     load_start = os.getloadavg()
     started = time.perf_counter()
     work = args.out / "objective_overhead"
@@ -617,9 +620,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for case in cases:
         tic = time.perf_counter()
-        rows.append(measure_case(case, work, teachers, pairs, warmup, profile_steps))
+        rows.append(measure_case(case, work, teachers, pairs, warmup, profile_steps, small))
         print(f"{case.row}: ratio {rows[-1]['ratio']:.3f} ({time.perf_counter() - tic:.0f} s)", flush=True)
-    partial = [measure_partial(name, work, teachers["mae_deep"], pairs, warmup) for name in ("dmae", "g2sd")]
+    partial = [measure_partial(name, work, teachers["mae_deep"], pairs, warmup, small) for name in ("dmae", "g2sd")]
 
     result = {
         "command": shlex.join(["python", "benchmarks/objective_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
