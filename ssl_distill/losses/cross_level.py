@@ -63,8 +63,13 @@ def region_cross_entropy(
     teacher_probs (B, Nt, K) centred and sharpened region probabilities; teacher_feats (B, Nt, D);
     student_logits (B, Ns, K) raw region-head outputs; student_feats (B, Ns, D)."""
     index = match_patches(student_feats, teacher_feats)
+    return matched_cross_entropy(teacher_probs, index, F.log_softmax(student_logits.float() / student_temp, dim=-1))
+
+
+def matched_cross_entropy(teacher_probs: Tensor, index: Tensor, log_students: Tensor) -> Tensor:
+    """teacher_probs (B, Nt, K), index (B, Ns) matched teacher patch of each student patch, log_students
+    (B, Ns, K) student region log-probabilities -> scalar cross-entropy, mean over patches and batch."""
     targets = torch.gather(teacher_probs.detach(), 1, index.unsqueeze(-1).expand(-1, -1, teacher_probs.shape[-1]))
-    log_students = F.log_softmax(student_logits.float() / student_temp, dim=-1)
     return -(targets * log_students).sum(-1).mean()
 
 
@@ -148,14 +153,18 @@ class CrossLevelDistillationLoss(nn.Module):
         student_md = [
             multi_instance_divergence(s, r, self.md_mode, self.student_temp) for s, r in zip(view_logits, region_logits)
         ]
+        # each view's unit features and region log-probabilities once, not once per pair (region_cross_entropy's terms)
+        with torch.no_grad():
+            unit_teacher = [F.normalize(f.float(), dim=-1).transpose(1, 2) for f in teacher_feats]
+            unit_student = [F.normalize(f.float(), dim=-1) for f in feats]
+        log_students = [F.log_softmax(r.float() / self.student_temp, dim=-1) for r in region_logits]
         region, md_student, md_teacher, pairs = view.new_zeros(()), view.new_zeros(()), view.new_zeros(()), 0
         for t in range(len(teacher_view_probs)):
             for v in range(len(view_logits)):
                 if v == t:
                     continue
-                region = region + region_cross_entropy(
-                    teacher_region_probs[t], teacher_feats[t], region_logits[v], feats[v], self.student_temp
-                )
+                index = (unit_student[v] @ unit_teacher[t]).argmax(dim=2)  # match_patches
+                region = region + matched_cross_entropy(teacher_region_probs[t], index, log_students[v])
                 md_student, md_teacher = md_student + student_md[v], md_teacher + teacher_md[t]
                 pairs += 1
         region, md_student, md_teacher = region / pairs, md_student / pairs, md_teacher / pairs
