@@ -118,16 +118,28 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _nested(value: Any) -> bool:
+    return isinstance(value, dict) or (isinstance(value, list) and bool(value) and isinstance(value[0], dict))
+
+
+def rows_table(rows: list[dict[str, Any]], level: int) -> list[str]:
+    """A table of the plain columns; a nested cell (e.g. a profile) follows it under the row's first value."""
+    lines = table([{k: v for k, v in row.items() if not _nested(v)} for row in rows])
+    for row in rows:
+        label = _cell(next(iter(row.values())))
+        for key, value in row.items():
+            if _nested(value):
+                lines += render(value, f"{label}: {key.replace('_', ' ')}", min(level + 1, 6))
+    return lines
+
+
 def render(node: Any, title: str, level: int) -> list[str]:
     """Lists of dict rows become tables, mappings of plain values one-row tables, nested mappings headings."""
     if isinstance(node, list) and node and all(isinstance(row, dict) for row in node):
-        return [f"{'#' * level} {title}", "", *table(node)] if title else table(node)
+        return [f"{'#' * level} {title}", "", *rows_table(node, level)] if title else rows_table(node, level)
     if not isinstance(node, dict):
         return []
-    def nested(value: Any) -> bool:
-        return isinstance(value, dict) or (isinstance(value, list) and bool(value) and isinstance(value[0], dict))
-
-    plain = {k: v for k, v in node.items() if k not in SKIPPED_KEYS and not nested(v)}
+    plain = {k: v for k, v in node.items() if k not in SKIPPED_KEYS and not _nested(v)}
     lines = [f"{'#' * level} {title}", ""] if title and (plain or node) else []
     if plain:
         lines += table([plain])
