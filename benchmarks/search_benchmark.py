@@ -1,7 +1,8 @@
 """Search benchmark (issues 14 and 15): exact and approximate nearest neighbours with faiss at scale.
 
     python benchmarks/search_benchmark.py [--n 1000000] [--queries 10000] [--dim 384] [--threads 2]
-                                          [--exact-n 100000] [--kinds flat ivf ivfpq hnsw] [--quick] [--out DIR]
+                                          [--exact-n 100000] [--kinds flat ivf ivfpq hnsw] [--datasets clustered random]
+                                          [--quick] [--out DIR]
 
 1. Approximate search (issue 15). Two synthetic banks of N unit vectors and M queries from the same
    distribution: `random` (i.i.d. Gaussian directions with random labels of 100 classes: full intrinsic
@@ -49,6 +50,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = {"flat": ("", [0]), "ivf": ("nprobe", [16, 64, 256]), "ivfpq": ("nprobe", [16, 64, 256]), "hnsw": ("efSearch", [32, 128, 512])}
 K, T, CLASSES, SERVED = 20, 0.07, 100, 1000
+DATASETS = ("clustered", "random")
 RANK, SPREAD, NOISE = 32, 1.2, 0.05  # the clustered set: intrinsic dimension, component spread, isotropic noise
 
 
@@ -262,12 +264,14 @@ def knn_top1(scores: np.ndarray, ids: np.ndarray, bank_labels: np.ndarray, query
     return float((votes.argmax(1).numpy() == query_labels).mean())
 
 
-def search_table(setting: Setting, data: Path, work: Path, kinds: list[str], quick: bool) -> list[dict[str, Any]]:
+def search_table(
+    setting: Setting, data: Path, work: Path, kinds: list[str], quick: bool, datasets: tuple[str, ...] = DATASETS
+) -> list[dict[str, Any]]:
     sweeps = QUICK_SWEEP if quick else SWEEP
     from eval.search import IndexSpec, recall_at_k
 
     rows = []
-    for kind in ("clustered", "random"):
+    for kind in datasets:
         paths = write_data(data, kind, setting)
         bank_labels, query_labels = np.load(paths["labels"]), np.load(paths["query_labels"])
         exact = None
@@ -357,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nlist", type=int, default=None)
     parser.add_argument("--threads", type=int, default=Setting.threads)
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw"], choices=list(SWEEP))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--quick", action="store_true", help="small sizes, measured in this process: a smoke check")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "benchmarks" / "search")
     args = parser.parse_args(argv)
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "setting": asdict(setting),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    record["search"] = search_table(setting, data, work, args.kinds, args.quick)
+    record["search"] = search_table(setting, data, work, args.kinds, args.quick, tuple(args.datasets))
     record["exact"] = exact_table(setting, data, args.quick)
     record["knn_memory"] = knn_memory(setting, data, args.quick)
     record["imports"] = {} if args.quick else import_times()
