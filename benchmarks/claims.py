@@ -157,15 +157,15 @@ def mnist_budget(ctx: Context) -> MnistBudget:
 
 def _mnist_train(
     ctx: Context, seed: int, name: str, config: str, *overrides: str, teacher: bool = False
-) -> tuple[Path, float | None]:
+) -> tuple[Path, float]:
     """One training run per (seed, name), shared by the sections that compare against it."""
     budget = mnist_budget(ctx)
     steps = budget.teacher_steps if teacher else budget.steps
 
-    def make() -> tuple[Path, float | None]:
+    def make() -> tuple[Path, float]:
         bench = _sibling("mae_distillers").Bench(ctx.work / "mnist" / f"seed{seed}", 0, False, seed)
         run = bench.train(f"{name}_{steps}", config, *overrides, f"data.batch_size={budget.batch_size}", steps=steps)
-        return run, bench.runs[f"{name}_{steps}"]["train_cpu_s"]  # None for a run finished before
+        return run, json.loads((run / "run_stats.json").read_text())["train_seconds"]  # kept by a reused run
 
     return ctx.once(("mnist", seed, name, steps), make)
 
@@ -182,13 +182,13 @@ def _mnist_scores(ctx: Context, backbone: str | Path, *overrides: str) -> dict[s
     return ctx.once(("mnist-eval", str(backbone), overrides, limit), make)
 
 
-def _mnist_rows(ctx: Context, seed: int, runs: dict[str, tuple[Path, float | None]]) -> dict[str, dict]:
+def _mnist_rows(ctx: Context, seed: int, runs: dict[str, tuple[Path, float]]) -> dict[str, dict]:
     """Scores of trained runs plus the random init of the student's shape (same seed)."""
     rows = {}
-    for row, (run, cpu) in runs.items():
-        rows[row] = {**_mnist_scores(ctx, run / "backbone.safetensors"), "train_cpu_s": cpu}
+    for row, (run, seconds) in runs.items():
+        rows[row] = {**_mnist_scores(ctx, run / "backbone.safetensors"), "train_s": seconds}
     like = next(iter(runs.values()))[0] / "backbone.safetensors"
-    rows[RANDOM] = {**_mnist_scores(ctx, like, "model.weights=none", f"model.seed={seed}"), "train_cpu_s": 0.0}
+    rows[RANDOM] = {**_mnist_scores(ctx, like, "model.weights=none", f"model.seed={seed}"), "train_s": 0.0}
     return rows
 
 
@@ -196,13 +196,13 @@ def _teacher(ctx: Context, seed: int) -> Path:
     return _mnist_train(ctx, seed, "mae_teacher", "mae/tiny_mnist.yaml", teacher=True)[0]
 
 
-def _mae_student(ctx: Context, seed: int) -> tuple[Path, float | None]:
+def _mae_student(ctx: Context, seed: int) -> tuple[Path, float]:
     # mae_distillers' MAE student: G2SD's student shape, decoder and warmup with MAE's objective
     return _mnist_train(ctx, seed, "mae_student", "mae/tiny_mnist.yaml", *STUDENT, "objective.decoder.dim=64",
                         "objective.decoder.heads=4", "optim.warmup_fraction=0.05")
 
 
-def _dmae(ctx: Context, seed: int) -> tuple[Path, float | None]:
+def _dmae(ctx: Context, seed: int) -> tuple[Path, float]:
     return _mnist_train(ctx, seed, "dmae", "dmae/tiny_mnist.yaml", f"objective.teacher.source={_teacher(ctx, seed)}")
 
 
@@ -243,14 +243,14 @@ def _setting(module: str, ctx: Context, seed: int, **steps: Callable[[int], int]
     return replace(s, **{key: scale(ctx.steps) for key, scale in steps.items()}) if ctx.steps else s
 
 
-def _pixel_rows(specs: dict[str, tuple[str, str, list[str], str]]) -> dict[str, dict]:
-    """metric -> (protocol, data, settings, result metric) run on the raw pixels: one deterministic row."""
+def _pixel_rows(specs: Sequence[tuple[str, str, list[str], dict[str, str]]]) -> dict[str, dict]:
+    """(protocol, data, settings, {metric: result metric}) run on the raw pixels: one deterministic row."""
     row = {}
-    for metric, (protocol, data, settings, key) in specs.items():
+    for protocol, data, settings, metrics in specs:
         print(f"== evaluate pixels: {protocol} on {data}", flush=True)
         result, _ = run_protocol(protocol, PIXELS, data, ["run.progress=false", "run.cache=false", *settings],
                                  write=False)
-        row[metric] = result.metrics[key]
+        row.update({metric: result.metrics[key] for metric, key in metrics.items()})
     return {PIXELS: row}
 
 
@@ -264,14 +264,12 @@ def cmd_section(ctx: Context, seed: int) -> dict[str, dict]:
 def cmd_pixels(ctx: Context) -> dict[str, dict]:
     s = _setting("patch_distill_benchmark", ctx, 0)
     limit = [f"data.limit={s.limit}"] if s.limit else []
-    return _pixel_rows({
-        "knn_top1": ("knn", "shapes_fine", [*limit, "knn.query_split=test"], "top1"),
-        "linear_top1": ("linear", "shapes_fine", [*limit, "linear.eval_split=test"], "top1"),
-        "rank1": ("retrieve", "shapes_fine", [*limit, "retrieve.protocol=cmd", "retrieve.query_split=test",
-                                              "retrieve.ks=[1,5]"], "recall@1"),
-        "map100": ("retrieve", "shapes_fine", [*limit, "retrieve.protocol=cmd", "retrieve.query_split=test",
-                                               "retrieve.ks=[1,5]"], "map@100"),
-    })
+    return _pixel_rows([
+        ("knn", "shapes_fine", [*limit, "knn.query_split=test"], {"knn_top1": "top1"}),
+        ("linear", "shapes_fine", [*limit, "linear.eval_split=test"], {"linear_top1": "top1"}),
+        ("retrieve", "shapes_fine", [*limit, "retrieve.protocol=cmd", "retrieve.query_split=test", "retrieve.ks=[1,5]"],
+         {"rank1": "recall@1", "rank5": "recall@5", "map100": "map@100"}),
+    ])
 
 
 def cotap_section(ctx: Context, seed: int) -> dict[str, dict]:
@@ -285,18 +283,23 @@ def cotap_section(ctx: Context, seed: int) -> dict[str, dict]:
 def cotap_pixels(ctx: Context) -> dict[str, dict]:
     s = _setting("patch_distill_benchmark", ctx, 0)
     limit = [f"data.limit={s.limit}"] if s.limit else []
-    return _pixel_rows({
-        "segment_miou": ("segment", "shapes_scenes", [*limit, "segment.eval_split=test",
-                                                      f"segment.epochs={s.segment_epochs}"], "miou"),
-        "knn_top1": ("knn", "shapes_scenes", [*limit, "knn.query_split=test"], "top1"),
-    })
+    return _pixel_rows([
+        ("segment", "shapes_scenes", [*limit, "segment.eval_split=test", f"segment.epochs={s.segment_epochs}"],
+         {"segment_miou": "miou", "pixel_acc": "pixel_accuracy"}),
+        ("knn", "shapes_scenes", [*limit, "knn.query_split=test"], {"knn_top1": "top1"}),
+    ])
 
 
 def mrdd_section(ctx: Context, seed: int) -> dict[str, dict]:
     s = _setting("mrdd_benchmark", ctx, seed, steps1=lambda n: n, steps2=lambda n: max(1, 2 * n // 3))
-    record = _sibling("mrdd_benchmark").run(s, ctx.work / "mrdd" / f"seed{seed}", "claims.py")
+    mrdd, out = _sibling("mrdd_benchmark"), ctx.work / "mrdd" / f"seed{seed}"
+    record = mrdd.run(s, out, "claims.py")
+    stage2 = out / "runs" / "stage2" / "backbone.safetensors"
+    random = {"representation": f"{RANDOM} (combined)", **mrdd._scores(
+        stage2, "combined", s, out / "eval" / "random_init", "model.weights=none", f"model.seed={seed}")}
     # the pixel row is seeded too here (k-means restarts), so it stays a per-seed row
-    return {row["representation"]: {k: row[k] for k in ("acc", "nmi", "ari", "linear_top1")} for row in record["rows"]}
+    keys = ("acc", "nmi", "ari", "linear_top1", "n_val")
+    return {row["representation"]: {k: row[k] for k in keys} for row in (*record["rows"], random)}
 
 
 def tips_section(ctx: Context, seed: int) -> dict[str, dict]:
@@ -309,7 +312,7 @@ def tips_section(ctx: Context, seed: int) -> dict[str, dict]:
 
 def tips_pixels(ctx: Context) -> dict[str, dict]:
     s = _setting("tips_benchmark", ctx, 0)
-    return _pixel_rows({"seg_miou": ("segment", "shapes_text", [f"data.limit={s.seg_limit}"], "miou")})
+    return _pixel_rows([("segment", "shapes_text", [f"data.limit={s.seg_limit}"], {"seg_miou": "miou"})])
 
 
 ECHO_VIDEOS = 1024  # full mode: 128 test / 128 val / 768 train (the generator keeps 1/8 for test and for val)
@@ -412,13 +415,14 @@ def judge(claims: Sequence[Claim], rows: dict[str, dict[str, dict]]) -> list[dic
 
 
 def below_pixels(rows: dict[str, dict[str, dict]]) -> dict[str, list[str]]:
-    """metric -> the rows whose whole interval lies below the raw pixels' score."""
-    if PIXELS not in rows:
+    """metric -> the rows whose whole interval lies below the raw pixels' (the row named `pixels...`)."""
+    pixels = next((name for name in rows if name.startswith(PIXELS)), None)
+    if pixels is None:
         return {}
     return {
-        metric: [name for name, scores in rows.items() if name != PIXELS and metric in scores
-                 and scores[metric]["mean"] + scores[metric]["ci95"] < pixel["mean"]]
-        for metric, pixel in rows[PIXELS].items() if "mean" in pixel and not metric.endswith("_s")
+        metric: [name for name, scores in rows.items() if name != pixels and metric in scores
+                 and scores[metric]["mean"] + scores[metric]["ci95"] < pixel["mean"] - pixel["ci95"]]
+        for metric, pixel in rows[pixels].items() if "mean" in pixel and not metric.endswith("_s")
     }
 
 
@@ -500,14 +504,14 @@ def main(argv: list[str] | None = None) -> int:
         "sections": {},
     }
     tic = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "claims.json"
     with cpu_threads(args.threads):
         for name in args.sections:
             record["sections"][name] = run_section(name, ctx, range(seeds))
-    record["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    record["wall_s"] = round(time.perf_counter() - tic)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "claims.json"
-    path.write_text(json.dumps(record, indent=2))
+            record["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+            record["wall_s"] = round(time.perf_counter() - tic)
+            path.write_text(json.dumps(record, indent=2))  # after every section: a stopped run keeps its sections
     for name, result in record["sections"].items():
         print(tables(name, result))
     counts = {v: sum(c["verdict"] == v for r in record["sections"].values() for c in r["claims"]) for v in VERDICTS}
