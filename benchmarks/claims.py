@@ -500,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "threads": args.threads, "seeds": list(range(seeds)),
         "mode": "quick" if args.quick else "reduced" if args.steps else "full",
-        "sections_run": list(args.sections), "sections_not_run": [s for s in SECTIONS if s not in args.sections],
-        "sections": {},
+        "sections_requested": list(args.sections), "sections_run": [],  # run: the sections finished so far
+        "sections_not_requested": [s for s in SECTIONS if s not in args.sections], "sections": {},
     }
     tic = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -509,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     with cpu_threads(args.threads):
         for name in args.sections:
             record["sections"][name] = run_section(name, ctx, range(seeds))
+            record["sections_run"].append(name)
             record["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
             record["wall_s"] = round(time.perf_counter() - tic)
             path.write_text(json.dumps(record, indent=2))  # after every section: a stopped run keeps its sections

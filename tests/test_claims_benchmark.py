@@ -79,7 +79,7 @@ def test_quick_claims_two_sections(claims, tmp_path):
     assert claims.main(["--quick", "--sections", "mae", "dino", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "claims.json").read_text())
     assert {"command", "machine", "created", "seeds", "mode", "sections_run", "sections"} <= set(record)
-    assert record["seeds"] == [0, 1] and record["mode"] == "quick" and record["sections_run"] == ["mae", "dino"]
+    assert record["seeds"] == [0, 1] and record["mode"] == "quick" and record["sections_run"] == record["sections_requested"] == ["mae", "dino"]
     assert len(record["machine"]["load_average_start"]) == 3 and len(record["machine"]["load_average_end"]) == 3
     for name, method in (("mae", "MAE"), ("dino", "DINO")):
         section = record["sections"][name]
