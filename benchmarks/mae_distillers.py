@@ -69,9 +69,13 @@ class Bench:
         self.out, self.epochs, self.quick, self.seed = out, epochs, quick, seed
         self.runs: dict[str, dict[str, Any]] = {}
 
-    def train(self, name: str, config: str, *overrides: str, epochs: int | None = None) -> Path:
-        """Train `config` into <out>/runs/<name> (reused when finished); returns the run directory."""
-        budget = ["train.max_steps=6", "data.val_limit=64"] if self.quick else [f"train.epochs={epochs or self.epochs}"]
+    def train(self, name: str, config: str, *overrides: str, epochs: int | None = None, steps: int | None = None) -> Path:
+        """Train `config` into <out>/runs/<name> (reused when finished); returns the run directory. The
+        budget is `steps` optimizer steps when given, else `epochs` (default the bench's)."""
+        budget = (
+            [f"train.max_steps={steps}"] if steps else
+            ["train.max_steps=6", "data.val_limit=64"] if self.quick else [f"train.epochs={epochs or self.epochs}"]
+        )
         cfg = load_config(CONFIGS / config, [
             *overrides, *budget, f"run.name={name}", f"run.out_dir={self.out / 'runs'}", f"run.seed={self.seed}",
             "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=0",

@@ -1,0 +1,99 @@
+"""benchmarks/claims.py: the interval helper against scipy's t-distribution, the verdict rule on constructed
+intervals, and a --quick run of two cheap sections end to end (the benchmark itself is not a test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def claims(monkeypatch):
+    spec = importlib.util.spec_from_file_location("claims", BENCHMARKS / "claims.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0, 3.0], [0.81, 0.79, 0.84, 0.80], [0.5, 0.52]])
+def test_interval_matches_scipy_t(claims, values):
+    mean, ci = claims.mean_ci95(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=stats.sem(values))
+    assert mean == pytest.approx((low + high) / 2, abs=1e-12)
+    assert ci == pytest.approx((high - low) / 2, rel=1e-12)
+
+
+def test_interval_by_hand_and_refuses_one_value(claims):
+    # [1, 2, 3]: mean 2, s = 1, t_{0.975, 2} = 4.302653 -> 4.302653 / sqrt(3)
+    assert claims.mean_ci95([1.0, 2.0, 3.0]) == pytest.approx((2.0, 4.302653 / math.sqrt(3)), rel=1e-6)
+    assert claims.mean_ci95([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.0), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        claims.mean_ci95([0.9])
+
+
+@pytest.mark.parametrize(
+    ("method", "baseline", "higher", "expected"),
+    [
+        ((0.80, 0.02), (0.70, 0.03), True, "reproduces"),  # 0.78 > 0.73
+        ((0.70, 0.03), (0.80, 0.02), True, "does not reproduce"),
+        ((0.80, 0.06), (0.70, 0.05), True, "inconclusive"),  # 0.74 < 0.75: overlap
+        ((0.80, 0.05), (0.70, 0.05), True, "inconclusive"),  # touching intervals do not separate
+        ((0.10, 0.01), (0.20, 0.01), False, "reproduces"),  # lower is better
+        ((0.30, 0.01), (0.20, 0.01), False, "does not reproduce"),
+        ((0.90, 0.00), (0.10, math.nan), True, "inconclusive"),
+    ],
+)
+def test_verdict(claims, method, baseline, higher, expected):
+    assert claims.verdict(method, baseline, higher) == expected
+
+
+def test_summary_and_claims_on_constructed_seeds(claims):
+    per_seed = [{"A": {"top1": a, "n_val": 100}, "B": {"top1": b, "n_val": 100}}
+                for a, b in ((0.90, 0.50), (0.92, 0.52), (0.91, 0.51))]
+    rows = claims.summarize(per_seed, {claims.PIXELS: {"top1": 0.95, "n_val": 100}})
+    assert rows["A"]["top1"]["n"] == 3 and rows["A"]["top1"]["values"] == [0.90, 0.92, 0.91]
+    assert rows["A"]["n_val"] == {"samples": [100]}
+    assert rows[claims.PIXELS]["top1"] == {"mean": 0.95, "ci95": 0.0, "n": 1, "values": [0.95], "deterministic": True}
+    judged = claims.judge([claims.Claim("A", "B", "top1"), claims.Claim("B", "A", "top1")], rows)
+    assert [c["verdict"] for c in judged] == ["reproduces", "does not reproduce"]
+    assert claims.below_pixels(rows) == {"top1": ["A", "B"]}
+
+
+def test_three_seeds_unless_quick(claims):
+    with pytest.raises(SystemExit) as exit_:
+        claims.main(["--seeds", "2", "--sections", "mae"])
+    assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_quick_claims_two_sections(claims, tmp_path):
+    assert claims.main(["--quick", "--sections", "mae", "dino", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "claims.json").read_text())
+    assert {"command", "machine", "created", "seeds", "mode", "sections_run", "sections"} <= set(record)
+    assert record["seeds"] == [0, 1] and record["mode"] == "quick" and record["sections_run"] == record["sections_requested"] == ["mae", "dino"]
+    assert len(record["machine"]["load_average_start"]) == 3 and len(record["machine"]["load_average_end"]) == 3
+    for name, method in (("mae", "MAE"), ("dino", "DINO")):
+        section = record["sections"][name]
+        assert section["budget"]["steps"] == claims.MNIST_QUICK.steps and section["budget"]["seeds"] == [0, 1]
+        assert list(section["rows"]) == [method, claims.RANDOM, claims.PIXELS]
+        for row, scores in section["rows"].items():
+            assert scores["n_val"] == {"samples": [claims.MNIST_QUICK.eval_limit]}
+            for metric in ("knn_top1", "linear_top1"):
+                score = scores[metric]
+                assert 0.0 <= score["mean"] <= 1.0 and math.isfinite(score["ci95"]) and score["ci95"] >= 0
+                assert score["n"] == (1 if row == claims.PIXELS else 2) == len(score["values"])
+                assert score["mean"] == pytest.approx(sum(score["values"]) / score["n"])
+        assert [(c["method"], c["baseline"], c["metric"]) for c in section["claims"]] == [
+            (method, claims.RANDOM, "knn_top1"), (method, claims.RANDOM, "linear_top1")]
+        for c in section["claims"]:
+            assert c["verdict"] == claims.verdict((c["method_mean"], c["method_ci95"]),
+                                                  (c["baseline_mean"], c["baseline_ci95"]))
