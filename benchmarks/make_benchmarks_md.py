@@ -150,6 +150,38 @@ def render(node: Any, title: str, level: int) -> list[str]:
     return lines
 
 
+def claims_sections(record: dict[str, Any]) -> list[str]:
+    """claims.json: per section, one table of rows x metrics (mean ± 95% half-width, n seeds) and its verdicts."""
+    lines = render({k: v for k, v in record.items() if k != "sections"}, "", 2)
+    for name, section in record.get("sections", {}).items():
+        lines += [f"### {section.get('title', name)}", ""]
+        if section.get("budget"):
+            lines += table([section["budget"]])
+        rows = []
+        for model, metrics in section.get("rows", {}).items():
+            row: dict[str, Any] = {"row": model}
+            for metric, value in metrics.items():
+                if isinstance(value, dict) and "mean" in value:
+                    row[metric] = f"{_cell(value['mean'])} ± {_cell(value['ci95'])} (n={value['n']})"
+                elif isinstance(value, dict) and "samples" in value:
+                    row[metric] = _cell(value["samples"])
+            rows.append(row)
+        if rows:
+            lines += table(rows)
+        if section.get("claims"):
+            lines += table([
+                {"claim": f"{c['method']} {'>' if c.get('higher_is_better', True) else '<'} {c['baseline']}",
+                 "metric": c["metric"], "method": f"{_cell(c['method_mean'])} ± {_cell(c['method_ci95'])}",
+                 "baseline": f"{_cell(c['baseline_mean'])} ± {_cell(c['baseline_ci95'])}", "seeds": c["n"],
+                 "verdict": c["verdict"]}
+                for c in section["claims"]
+            ])
+        if section.get("below_pixels"):
+            below = "; ".join(f"{metric}: {', '.join(models)}" for metric, models in section["below_pixels"].items())
+            lines += [f"Below the raw pixels: {below}.", ""]
+    return lines
+
+
 def provenance(record: dict[str, Any]) -> str:
     parts = []
     if record.get("created"):
@@ -226,7 +258,7 @@ def build(results: Path, out: Path) -> str:
         lines += [f"Regenerate: `{command}`. Recorded command: `{record.get('command', '?')}`.", ""]
         if (where := provenance(record)):
             lines += [f"_{where}._", ""]
-        lines += render(record, "", 2)
+        lines += claims_sections(record) if stem == "claims" else render(record, "", 2)
         if stem == "loader_benchmark" and figure is not None:
             lines += [f"![throughput against workers]({figure.relative_to(out.parent).as_posix()})", ""]
     return "\n".join(lines).rstrip() + "\n"
