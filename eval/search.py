@@ -131,6 +131,9 @@ def build_index(
     if not index.is_trained:
         rows = np.sort(np.random.default_rng(spec.seed).choice(n, spec.train_size_for(n), replace=False))
         index.train(_rows(vectors[rows], normalize))
+    if isinstance(index, faiss.IndexFlatCodes):  # room for every code up front: chunked adds then never
+        index.codes.resize(n * index.code_size)  # reallocate (a growing vector briefly holds two copies)
+        index.codes.resize(0)  # the size goes back to 0; std::vector keeps the capacity
     for start in range(0, n, chunk_size):
         index.add(_rows(vectors[start : start + chunk_size], normalize))
     return index
