@@ -4,6 +4,7 @@ steps, batch and student shape), at several seeds, reported as mean +- 95% inter
 seeds) beside a random-init row and a raw-pixel row.
 
     python benchmarks/claims.py [--sections mae dmae ...] [--seeds 3] [--steps N] [--quick] [--out DIR]
+    python benchmarks/claims.py --combine A/claims.json B/claims.json --out DIR   # sections run separately
 
 A claim is "method beats baseline on metric". Its verdict is "reproduces" only when the two 95% intervals
 separate in the paper's direction, "does not reproduce" when they separate the other way, "inconclusive"
@@ -40,7 +41,9 @@ lies wholly below the pixels' (`below_pixels` in the JSON).
 
 Output: the tables, and `<out>/claims.json`: command, machine (with the load average at start and end),
 created, seeds, the sections run and the budget of each, rows (mean, ci95, n, values per metric) and claims
-(with verdicts). Training runs go to `--work` (finished runs are reused: delete the folder to start over).
+(with verdicts). Every section carries its own command, mode, threads, time and load
+average, so sections run separately (in parallel, or at different `--steps`) can be put in one file with
+`--combine`. Training runs go to `--work` (finished runs are reused: delete the folder to start over).
 `--quick` is a smoke check (a few steps, small eval slices, 2 seeds allowed); `--steps` scales every section
 down (a reduced budget, recorded as such). The full run is sized for a few CPU hours on one thread.
 """
@@ -427,8 +430,11 @@ def below_pixels(rows: dict[str, dict[str, dict]]) -> dict[str, list[str]]:
     }
 
 
-def run_section(name: str, ctx: Context, seeds: Sequence[int]) -> dict[str, Any]:
+def run_section(name: str, ctx: Context, seeds: Sequence[int], provenance: dict[str, Any]) -> dict[str, Any]:
+    """One section's record, stamped with `provenance` (command, mode, threads) and its own time and load, so
+    that it stays self-describing once combined with sections measured by other runs (`combine`)."""
     section = SECTIONS[name]
+    created, load_start = _now(), _load()
     tic, cpu = time.perf_counter(), time.process_time()
     per_seed = []
     for seed in seeds:
@@ -441,6 +447,32 @@ def run_section(name: str, ctx: Context, seeds: Sequence[int]) -> dict[str, Any]
         "title": section.title, "budget": {**asdict(budget), "seed": None, "seeds": list(seeds)},
         "rows": rows, "claims": judge(section.claims, rows), "below_pixels": below_pixels(rows),
         "wall_s": round(time.perf_counter() - tic), "cpu_s": round(time.process_time() - cpu),
+        **provenance, "created": created, "load_average": {"start": load_start, "end": _load()},
+    }
+
+
+PROVENANCE = ("command", "mode", "threads", "created")
+
+
+def combine(records: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
+    """Several claims.json records -> one, each section keeping the provenance of the run that measured it
+    (records written before sections were stamped carry it at the top level). A section held by several
+    records is taken from the last one; sections are ordered as in SECTIONS."""
+    sections: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for name, section in record["sections"].items():
+            inherited = {key: record[key] for key in PROVENANCE if key in record and key not in section}
+            if "load_average" not in section and "machine" in record:
+                machine = record["machine"]
+                inherited["load_average"] = {"start": machine.get("load_average_start"), "end": machine.get("load_average_end")}
+            sections[name] = {**section, **inherited}
+    order = [name for name in SECTIONS if name in sections]
+    return {
+        "benchmark": "claims", "command": command, "created": _now(), "machine": machine_info(),
+        "combined_from": [{"command": r.get("command"), "sections": list(r["sections"]),
+                           **({"note": r["note"]} if r.get("note") else {})} for r in records],
+        "sections_run": order, "sections_not_run": [name for name in SECTIONS if name not in sections],
+        "sections": {name: sections[name] for name in order},
     }
 
 
@@ -470,11 +502,19 @@ def tables(name: str, result: dict[str, Any]) -> str:
     ])
 
 
-def machine() -> dict[str, Any]:
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "load_average_start": _load(),
     }
 
 
@@ -487,20 +527,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/claims"), help="where claims.json goes")
     parser.add_argument("--work", type=Path, help="training runs (default <out>/work)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: combine these claims.json files (sections run separately, e.g. in "
+                             "parallel or at different budgets) into <out>/claims.json")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/claims.py", *argv])
+    if args.combine:
+        missing = [str(p) for p in args.combine if not p.is_file()]
+        if missing:
+            parser.error(f"--combine: no such file: {', '.join(missing)}")
+        record = combine([json.loads(p.read_text()) for p in args.combine], command)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "claims.json").write_text(json.dumps(record, indent=2))
+        print(f"combined sections {', '.join(record['sections_run'])} into {args.out / 'claims.json'}")
+        return 0
     seeds = args.seeds or (2 if args.quick else 3)
     if seeds < (2 if args.quick else 3):
         parser.error(f"--seeds {seeds}: at least {2 if args.quick else 3} seeds{'' if args.quick else ' (2 only with --quick)'}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: must be >= 1")
     ctx = Context(work=args.work or args.out / "work", quick=args.quick, steps=args.steps)
+    mode = "quick" if args.quick else "reduced" if args.steps else "full"
     record: dict[str, Any] = {
-        "benchmark": "claims",
-        "command": shlex.join(["python", "benchmarks/claims.py", *argv]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "threads": args.threads, "seeds": list(range(seeds)),
-        "mode": "quick" if args.quick else "reduced" if args.steps else "full",
+        "benchmark": "claims", "command": command, "created": _now(), "machine": machine_info(),
+        "threads": args.threads, "seeds": list(range(seeds)), "mode": mode,
         "sections_requested": list(args.sections), "sections_run": [],  # run: the sections finished so far
         "sections_not_requested": [s for s in SECTIONS if s not in args.sections], "sections": {},
     }
@@ -509,9 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "claims.json"
     with cpu_threads(args.threads):
         for name in args.sections:
-            record["sections"][name] = run_section(name, ctx, range(seeds))
+            provenance = {"command": command, "mode": mode, "threads": args.threads}
+            record["sections"][name] = run_section(name, ctx, range(seeds), provenance)
             record["sections_run"].append(name)
-            record["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+            record["machine"]["load_average_end"] = _load()
             record["wall_s"] = round(time.perf_counter() - tic)
             path.write_text(json.dumps(record, indent=2))  # after every section: a stopped run keeps its sections
     for name, result in record["sections"].items():

@@ -153,8 +153,23 @@ def render(node: Any, title: str, level: int) -> list[str]:
 def claims_sections(record: dict[str, Any]) -> list[str]:
     """claims.json: per section, one table of rows x metrics (mean ± 95% half-width, n seeds) and its verdicts."""
     lines = render({k: v for k, v in record.items() if k != "sections"}, "", 2)
+    verdicts = [{"section": name, "claim": f"{c['method']} {'>' if c.get('higher_is_better', True) else '<'} "
+                 f"{c['baseline']}", "metric": c["metric"], "method - baseline": _cell(c["method_mean"] - c["baseline_mean"]),
+                 "seeds": c["n"], "verdict": c["verdict"]}
+                for name, section in record.get("sections", {}).items() for c in section.get("claims", [])]
+    if verdicts:
+        counts = {v: sum(row["verdict"] == v for row in verdicts) for v in dict.fromkeys(r["verdict"] for r in verdicts)}
+        lines += ["Every claim at a glance (" + ", ".join(f"{n} {v}" for v, n in counts.items()) + "):", ""]
+        lines += table(verdicts)
     for name, section in record.get("sections", {}).items():
         lines += [f"### {section.get('title', name)}", ""]
+        if section.get("command"):
+            load = (section.get("load_average") or {}).get("start")
+            where = [f"command `{section['command']}`", f"mode {section.get('mode', '?')}",
+                     f"{section.get('threads', '?')} thread(s)", f"measured {section.get('created', '?')}"]
+            where += [f"load average at start {_cell(load[0])}"] if load else []
+            where += [f"{section['wall_s'] / 60:.1f} min wall"] if section.get("wall_s") is not None else []
+            lines += [f"_{', '.join(where)}._", ""]
         if section.get("budget"):
             lines += table([section["budget"]])
         rows = []

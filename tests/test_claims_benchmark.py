@@ -74,6 +74,31 @@ def test_three_seeds_unless_quick(claims):
     assert exit_.value.code == 2
 
 
+def test_combine_keeps_each_sections_provenance(claims, tmp_path):
+    # an older record stamps provenance at the top level only; a newer one per section; the later wins a clash
+    old = {"command": "python benchmarks/claims.py --steps 400", "mode": "reduced", "threads": 1, "created": "t0",
+           "machine": {"load_average_start": [3.0], "load_average_end": [7.0]}, "note": "stopped by hand",
+           "sections": {"dino": {"rows": {"DINO": 1}}, "mae": {"rows": {"MAE": 1}}}}
+    new = {"command": "python benchmarks/claims.py --sections mae", "mode": "full", "threads": 2,
+           "sections": {"mae": {"rows": {"MAE": 2}, "command": "mae run", "mode": "full", "threads": 2,
+                                "created": "t1", "load_average": {"start": [1.0], "end": [1.5]}}}}
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for path, record in zip(paths, (old, new), strict=True):
+        path.write_text(json.dumps(record))
+    assert claims.main(["--combine", *map(str, paths), "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert record["sections_run"] == ["mae", "dino"]  # SECTIONS order
+    assert "cmd" in record["sections_not_run"] and "mae" not in record["sections_not_run"]
+    mae, dino = record["sections"]["mae"], record["sections"]["dino"]
+    assert mae["rows"] == {"MAE": 2} and (mae["command"], mae["mode"], mae["created"]) == ("mae run", "full", "t1")
+    assert mae["load_average"] == {"start": [1.0], "end": [1.5]}
+    assert (dino["command"], dino["mode"], dino["threads"], dino["created"]) == (old["command"], "reduced", 1, "t0")
+    assert dino["load_average"] == {"start": [3.0], "end": [7.0]}
+    assert record["combined_from"][0] == {"command": old["command"], "sections": ["dino", "mae"], "note": "stopped by hand"}
+    with pytest.raises(SystemExit):
+        claims.main(["--combine", str(tmp_path / "absent.json")])
+
+
 @pytest.mark.slow
 def test_quick_claims_two_sections(claims, tmp_path):
     assert claims.main(["--quick", "--sections", "mae", "dino", "--out", str(tmp_path)]) == 0
@@ -85,6 +110,8 @@ def test_quick_claims_two_sections(claims, tmp_path):
         section = record["sections"][name]
         assert section["budget"]["steps"] == claims.MNIST_QUICK.steps and section["budget"]["seeds"] == [0, 1]
         assert list(section["rows"]) == [method, claims.RANDOM, claims.PIXELS]
+        assert section["command"] == record["command"] and section["mode"] == "quick" and section["threads"] == 1
+        assert len(section["load_average"]["start"]) == 3 and len(section["load_average"]["end"]) == 3
         for row, scores in section["rows"].items():
             assert scores["n_val"] == {"samples": [claims.MNIST_QUICK.eval_limit]}
             for metric in ("knn_top1", "linear_top1"):
