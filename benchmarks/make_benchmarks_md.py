@@ -50,6 +50,13 @@ SECTIONS: list[tuple[str, str, str, str]] = [
         "python benchmarks/scale_benchmark.py --out benchmarks/results",
     ),
     (
+        "gpu_throughput",
+        "4b. GPU throughput: DINO and DMAE ViT-S/16 at 224 px, bf16 (issue 14, item 6)",
+        "Images/s of a DINO and a DMAE training step beside plain timm ViT-S/16 forward + backward on the same "
+        "card and batch; peak memory. Runs only where a CUDA device is lent.",
+        "python benchmarks/gpu_throughput.py --out benchmarks/results",
+    ),
+    (
         "claims",
         "5. Claims with seeds and 95% intervals (issue 14, item 7)",
         "Every objective against the baselines its paper beats, same budget, >= 3 seeds, mean ± 95% "
