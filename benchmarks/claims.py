@@ -8,7 +8,9 @@ seeds) beside a random-init row and a raw-pixel row.
 
 A claim is "method beats baseline on metric". Its verdict is "reproduces" only when the two 95% intervals
 separate in the paper's direction, "does not reproduce" when they separate the other way, "inconclusive"
-otherwise (overlapping intervals: this many seeds at this budget cannot tell).
+otherwise (overlapping intervals: this many seeds at this budget cannot tell). Beside each verdict: whether
+the method and the baseline each beat the random init (their interval above every random-init row's); where
+neither does, the claim compares two floors and says nothing about the methods, whatever its verdict.
 
 Sections (the methods train with the same steps and batch; every score is on a frozen backbone through the
 eval package; `n` is the number of seeds; the pixel rows are deterministic, evaluated once, n = 1):
@@ -406,6 +408,22 @@ def summarize(per_seed: list[dict[str, dict]], fixed: dict[str, dict]) -> dict[s
     return rows
 
 
+def name_is_random(row: str) -> bool:
+    return row.lower().startswith("random")
+
+
+def beats_random(rows: dict[str, dict[str, dict]], row: str, metric: str, higher_is_better: bool = True) -> bool | None:
+    """Whether `row`'s interval on `metric` separates, in the better direction, from every random-init row's
+    (rows named `random...`); None without one. A claim whose two rows both fail this compares floors: the
+    benchmark cannot tell trained from untrained at this budget, whatever the verdict."""
+    randoms = [scores[metric] for name, scores in rows.items() if name_is_random(name) and metric in scores]
+    if not randoms or name_is_random(row):
+        return None
+    score = rows[row][metric]
+    return all(verdict((score["mean"], score["ci95"]), (r["mean"], r["ci95"]), higher_is_better) == "reproduces"
+               for r in randoms)
+
+
 def judge(claims: Sequence[Claim], rows: dict[str, dict[str, dict]]) -> list[dict[str, Any]]:
     judged = []
     for c in claims:
@@ -414,6 +432,8 @@ def judge(claims: Sequence[Claim], rows: dict[str, dict[str, dict]]) -> list[dic
             **asdict(c), "method_mean": m["mean"], "method_ci95": m["ci95"], "baseline_mean": b["mean"],
             "baseline_ci95": b["ci95"], "n": min(m["n"], b["n"]),
             "verdict": verdict((m["mean"], m["ci95"]), (b["mean"], b["ci95"]), c.higher_is_better),
+            "method_beats_random": beats_random(rows, c.method, c.metric, c.higher_is_better),
+            "baseline_beats_random": beats_random(rows, c.baseline, c.metric, c.higher_is_better),
         })
     return judged
 
@@ -466,6 +486,8 @@ def combine(records: Sequence[dict[str, Any]], command: str) -> dict[str, Any]:
                 machine = record["machine"]
                 inherited["load_average"] = {"start": machine.get("load_average_start"), "end": machine.get("load_average_end")}
             sections[name] = {**section, **inherited}
+            if name in SECTIONS:  # verdicts from the rows with the current rule (older records lack some fields)
+                sections[name]["claims"] = judge(SECTIONS[name].claims, section["rows"])
     order = [name for name in SECTIONS if name in sections]
     return {
         "benchmark": "claims", "command": command, "created": _now(), "machine": machine_info(),
@@ -484,6 +506,10 @@ def cell(score: dict[str, Any] | None) -> str:
     return f"{score['mean']:.3f} ± {score['ci95']:.3f}" if score["n"] > 1 else f"{score['mean']:.3f} (fixed)"
 
 
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
 def tables(name: str, result: dict[str, Any]) -> str:
     rows = result["rows"]
     metrics = list(dict.fromkeys(m for scores in rows.values() for m in scores))
@@ -493,6 +519,7 @@ def tables(name: str, result: dict[str, Any]) -> str:
         "claim": f"{c['method']} > {c['baseline']}" if c["higher_is_better"] else f"{c['method']} < {c['baseline']}",
         "metric": c["metric"], "method": f"{c['method_mean']:.3f} ± {c['method_ci95']:.3f}",
         "baseline": f"{c['baseline_mean']:.3f} ± {c['baseline_ci95']:.3f}", "n": c["n"], "verdict": c["verdict"],
+        "beat random init (method / baseline)": f"{_yes(c['method_beats_random'])} / {_yes(c['baseline_beats_random'])}",
     } for c in result["claims"]]
     budget = ", ".join(f"{k}={v}" for k, v in result["budget"].items() if v is not None)
     below = "; ".join(f"{m}: {', '.join(r)}" for m, r in result["below_pixels"].items() if r)

@@ -157,12 +157,18 @@ def render(node: Any, title: str, level: int) -> list[str]:
     return lines
 
 
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "no"
+
+
 def claims_sections(record: dict[str, Any]) -> list[str]:
     """claims.json: per section, one table of rows x metrics (mean ± 95% half-width, n seeds) and its verdicts."""
     lines = render({k: v for k, v in record.items() if k != "sections"}, "", 2)
     verdicts = [{"section": name, "claim": f"{c['method']} {'>' if c.get('higher_is_better', True) else '<'} "
-                 f"{c['baseline']}", "metric": c["metric"], "method - baseline": _cell(c["method_mean"] - c["baseline_mean"]),
-                 "seeds": c["n"], "verdict": c["verdict"]}
+                 f"{c['baseline']}", "metric": c["metric"], "method - baseline": f"{c['method_mean'] - c['baseline_mean']:+.3f}",
+                 "seeds": c["n"], "verdict": c["verdict"],
+                 "beat random init (method / baseline)": f"{_yes(c.get('method_beats_random'))} / "
+                                                         f"{_yes(c.get('baseline_beats_random'))}"}
                 for name, section in record.get("sections", {}).items() for c in section.get("claims", [])]
     if verdicts:
         counts = {v: sum(row["verdict"] == v for row in verdicts) for v in dict.fromkeys(r["verdict"] for r in verdicts)}

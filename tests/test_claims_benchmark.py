@@ -66,6 +66,20 @@ def test_summary_and_claims_on_constructed_seeds(claims):
     judged = claims.judge([claims.Claim("A", "B", "top1"), claims.Claim("B", "A", "top1")], rows)
     assert [c["verdict"] for c in judged] == ["reproduces", "does not reproduce"]
     assert claims.below_pixels(rows) == {"top1": ["A", "B"]}
+    assert judged[0]["method_beats_random"] is None  # no random-init row: nothing to compare with
+
+
+def test_claims_say_when_no_row_beats_random_init(claims):
+    # A separates from both random rows; B sits inside random init (mean)'s interval; lower-is-better flips it
+    per_seed = [{"A": {"top1": a, "err": 1 - a}, "B": {"top1": b, "err": 1 - b}, "random init (cls)": {"top1": r1, "err": 1 - r1},
+                 "random init (mean)": {"top1": r2, "err": 1 - r2}}
+                for a, b, r1, r2 in ((0.90, 0.50, 0.40, 0.52), (0.92, 0.52, 0.41, 0.50), (0.91, 0.51, 0.42, 0.51))]
+    rows = claims.summarize(per_seed, {})
+    judged = claims.judge([claims.Claim("A", "B", "top1"), claims.Claim("B", "random init (cls)", "top1"),
+                           claims.Claim("A", "B", "err", higher_is_better=False)], rows)
+    assert [(c["method_beats_random"], c["baseline_beats_random"]) for c in judged] == [
+        (True, False), (False, None), (True, False)]
+    assert [c["verdict"] for c in judged] == ["reproduces", "reproduces", "reproduces"]
 
 
 def test_three_seeds_unless_quick(claims):
@@ -76,11 +90,16 @@ def test_three_seeds_unless_quick(claims):
 
 def test_combine_keeps_each_sections_provenance(claims, tmp_path):
     # an older record stamps provenance at the top level only; a newer one per section; the later wins a clash
+    def rows(method: str, top1: float) -> dict:
+        per_seed = [{method: {"knn_top1": top1 + d, "linear_top1": top1 + d}, claims.RANDOM: {"knn_top1": 0.1 + d,
+                     "linear_top1": 0.1 + d}} for d in (0.0, 0.01, 0.02)]
+        return claims.summarize(per_seed, {})
+
     old = {"command": "python benchmarks/claims.py --steps 400", "mode": "reduced", "threads": 1, "created": "t0",
            "machine": {"load_average_start": [3.0], "load_average_end": [7.0]}, "note": "stopped by hand",
-           "sections": {"dino": {"rows": {"DINO": 1}}, "mae": {"rows": {"MAE": 1}}}}
+           "sections": {"dino": {"rows": rows("DINO", 0.5), "claims": []}, "mae": {"rows": rows("MAE", 0.1)}}}
     new = {"command": "python benchmarks/claims.py --sections mae", "mode": "full", "threads": 2,
-           "sections": {"mae": {"rows": {"MAE": 2}, "command": "mae run", "mode": "full", "threads": 2,
+           "sections": {"mae": {"rows": rows("MAE", 0.6), "command": "mae run", "mode": "full", "threads": 2,
                                 "created": "t1", "load_average": {"start": [1.0], "end": [1.5]}}}}
     paths = [tmp_path / "old.json", tmp_path / "new.json"]
     for path, record in zip(paths, (old, new), strict=True):
@@ -90,7 +109,11 @@ def test_combine_keeps_each_sections_provenance(claims, tmp_path):
     assert record["sections_run"] == ["mae", "dino"]  # SECTIONS order
     assert "cmd" in record["sections_not_run"] and "mae" not in record["sections_not_run"]
     mae, dino = record["sections"]["mae"], record["sections"]["dino"]
-    assert mae["rows"] == {"MAE": 2} and (mae["command"], mae["mode"], mae["created"]) == ("mae run", "full", "t1")
+    assert mae["rows"]["MAE"]["knn_top1"]["mean"] == pytest.approx(0.61)  # the later record's section
+    assert (mae["command"], mae["mode"], mae["created"]) == ("mae run", "full", "t1")
+    # claims are judged again from the rows: the old record's empty list becomes DINO's two claims
+    assert [(c["method"], c["verdict"], c["method_beats_random"]) for c in dino["claims"]] == [
+        ("DINO", "reproduces", True), ("DINO", "reproduces", True)]
     assert mae["load_average"] == {"start": [1.0], "end": [1.5]}
     assert (dino["command"], dino["mode"], dino["threads"], dino["created"]) == (old["command"], "reduced", 1, "t0")
     assert dino["load_average"] == {"start": [3.0], "end": [7.0]}
