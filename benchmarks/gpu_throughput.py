@@ -18,7 +18,8 @@ figure is the card's, not the launch queue's), at the recipe's precision (bf16 a
 
 Images/s counts source images (B per step), so DINO's 12 crops per image and DMAE's masking show in the
 ratio to the timm row. Data: the bundled MNIST digits resized by each recipe's transform; one batch is drawn
-once and reused (the loader is measured by loader_benchmark.py). `--quick` shrinks everything (64 px,
+once and reused (the loader is measured by loader_benchmark.py); the trainers are built as in
+objective_overhead.py (one CPU thread for the host side, which does not bound a CUDA step). `--quick` shrinks everything (64 px,
 patch 16, tiny head, 2 local crops, batch 4) to check the script, not the hardware.
 """
 
@@ -39,9 +40,10 @@ from typing import Any
 
 import timm
 import torch
+from objective_overhead import build_trainer, objective_step  # a sibling script: benchmarks/ is on sys.path
 
 from ssl_distill.config import load_config
-from ssl_distill.engine.trainer import Trainer, adamw, train
+from ssl_distill.engine.trainer import adamw, train
 from ssl_distill.runtime import resolve_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -94,23 +96,13 @@ def timed(step: Callable[[], None], device: torch.device, steps: int, warmup: in
 
 
 def trainer_row(name: str, config: str, overrides: list[str], batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """`Trainer.train_step` of `config` + `overrides` on one batch drawn once, at mid-schedule."""
-    cfg = load_config(CONFIGS / config, [*QUIET, f"run.out_dir={args.work}", f"run.name={name}",
-                                         "train.max_steps=1000", f"train.device={args.device}",
-                                         f"train.precision={args.precision}", f"data.batch_size={batch}",
-                                         f"data.limit={batch}", *overrides])
-    trainer = Trainer(cfg)
-    batches = trainer._batches()
-    try:
-        data = next(batches)
-    finally:
-        batches.close()
-
-    def step() -> None:
-        trainer.step, trainer.unread = 500, []  # mid-schedule; logs stay unread (no host sync), as in training
-        trainer.train_step(data)
-
-    return {"row": name, **timed(step, trainer.device, args.steps, args.warmup)}
+    """`Trainer.train_step` of `config` + `overrides` on one batch drawn once, at mid-schedule, built and stepped
+    as objective_overhead.py does (logs stay unread between steps: no host sync, as in training)."""
+    trainer, data = build_trainer(config, args.work, [
+        f"run.name={name}", f"train.device={args.device}", f"train.precision={args.precision}",
+        f"data.batch_size={batch}", f"data.limit={batch}", *overrides,
+    ])
+    return {"row": name, **timed(lambda: objective_step(trainer, data), trainer.device, args.steps, args.warmup)}
 
 
 def timm_row(name: str, crops: list[tuple[int, int]], args: argparse.Namespace, device: torch.device) -> dict:
