@@ -343,11 +343,22 @@ class Case:
     describe: str = ""
 
 
+# The tiny echo configs at ViT-S/16 size on 16 frames of 112 px with 2 x 16 x 16 tubelets (8 x 7 x 7 = 392
+# tokens; the paper's ViT-B runs 64 frames): where the tiny rows' fixed per-step costs (target
+# standardisation, masks, Sinkhorn, EMA) stop showing.
+VIDEO_VIT_S = (
+    "model.img_size=112", "model.patch_size=16", "model.embed_dim=384", "model.depth=12", "model.num_heads=6",
+    "data.options.num_frames=16", "data.options.img_size=112", "objective.decoder.dim=192",
+    "objective.decoder.depth=4", "objective.decoder.heads=3",
+)
+
 CASES: list[Case] = [
     Case("mae", "mae", "mae/tiny_mnist_student.yaml", masked_inputs, mae_reference,
          describe="encoder on visible tokens -> pixel decoder"),
     Case("videomae", "videomae", "videomae/tiny_echo.yaml", masked_inputs, mae_reference, image=False,
          describe="video encoder on visible tubelets -> pixel decoder"),
+    Case("videomae (ViT-S, 16 x 112 px)", "videomae", "videomae/tiny_echo.yaml", masked_inputs, mae_reference,
+         VIDEO_VIT_S, image=False, describe="as above, at ViT-S width and depth on 16 frames of 112 px (392 tubelets)"),
     Case("dmae", "dmae", "dmae/tiny_mnist.yaml", masked_inputs, dmae_reference, ("objective.teacher.source={mae}",),
          describe="teacher to its tap (no_grad); student (taps) -> decoder; adapters"),
     Case("dino", "dino", "dino/tiny_mnist.yaml", multicrop_inputs, dino_reference,
@@ -355,6 +366,9 @@ CASES: list[Case] = [
     Case("discovr", "discovr", "discovr/tiny_echo.yaml", discovr_inputs, discovr_reference, image=False,
          describe="video/image EMA teachers + heads (no_grad); video student on 1+V views -> decoder -> prototypes, "
                   "heads; image student on masked frames + head"),
+    Case("discovr (ViT-S, 16 x 112 px)", "discovr", "discovr/tiny_echo.yaml", discovr_inputs, discovr_reference,
+         (*VIDEO_VIT_S, "objective.num_prototypes=256"), image=False,
+         describe="as above, at ViT-S width and depth on 16 frames of 112 px (392 tubelets)"),
     Case("mrdd (stage 1)", "mrdd", "mrdd/tiny_edge_mnist.yaml", mrdd_inputs, mrdd_reference,
          describe="consistency encoder on masked views -> every view decoder"),
     Case("mrdd (stage 2)", "mrdd", "mrdd/tiny_edge_mnist_stage2.yaml", mrdd_inputs, mrdd_reference,

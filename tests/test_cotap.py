@@ -89,6 +89,25 @@ def test_ranking_gradient_concentrates_at_the_top_of_the_list():
     assert scores.grad[0, 0] < 0 and scores.grad[0, 3] > 0
 
 
+def test_hand_written_backward_matches_autograd_of_the_definition():
+    def by_definition(scores, targets, temperature):  # the module docstring's formulas, autograd throughout
+        step = torch.sigmoid((scores[:, None, :] - scores[:, :, None]) / temperature)
+        step = step + 0.5 * torch.eye(scores.shape[-1], dtype=scores.dtype)  # H(0) := 1 for the item itself
+        precision = (step * targets[:, None, :]).sum(-1) / step.sum(-1)
+        return (targets * precision).sum(-1) / targets.sum(-1)
+
+    torch.manual_seed(0)
+    scores = (0.05 * torch.randn(6, 9, dtype=torch.float64)).requires_grad_()
+    targets, weights = torch.rand(6, 9, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    ours = continuous_average_precision(scores, targets, 0.02)
+    expected = by_definition(scores, targets, 0.02)
+    torch.testing.assert_close(ours, expected)
+    (ours_grad,) = torch.autograd.grad((weights * ours).sum(), scores)
+    (expected_grad,) = torch.autograd.grad((weights * expected).sum(), scores)
+    torch.testing.assert_close(ours_grad, expected_grad)
+    assert torch.autograd.gradcheck(lambda s: continuous_average_precision(s, targets, 0.02), (scores,))
+
+
 def test_queries_without_relevant_items_are_left_out_and_an_all_empty_batch_is_an_error():
     scores, targets = torch.rand(3, 5), torch.rand(3, 5)
     targets[1] = 0
