@@ -340,6 +340,7 @@ class Case:
     reference: Callable[[nn.Module, Inputs], list[Tensor]]
     overrides: tuple[str, ...] = ()
     image: bool = True  # an image dataset: limit its size
+    in_quick: bool = True  # a row of --quick (the at-scale rows are not: seconds per step)
     describe: str = ""
 
 
@@ -358,7 +359,8 @@ CASES: list[Case] = [
     Case("videomae", "videomae", "videomae/tiny_echo.yaml", masked_inputs, mae_reference, image=False,
          describe="video encoder on visible tubelets -> pixel decoder"),
     Case("videomae (ViT-S, 16 x 112 px)", "videomae", "videomae/tiny_echo.yaml", masked_inputs, mae_reference,
-         VIDEO_VIT_S, image=False, describe="as above, at ViT-S width and depth on 16 frames of 112 px (392 tubelets)"),
+         VIDEO_VIT_S, image=False, in_quick=False,
+         describe="as above, at ViT-S width and depth on 16 frames of 112 px (392 tubelets)"),
     Case("dmae", "dmae", "dmae/tiny_mnist.yaml", masked_inputs, dmae_reference, ("objective.teacher.source={mae}",),
          describe="teacher to its tap (no_grad); student (taps) -> decoder; adapters"),
     Case("dino", "dino", "dino/tiny_mnist.yaml", multicrop_inputs, dino_reference,
@@ -367,7 +369,7 @@ CASES: list[Case] = [
          describe="video/image EMA teachers + heads (no_grad); video student on 1+V views -> decoder -> prototypes, "
                   "heads; image student on masked frames + head"),
     Case("discovr (ViT-S, 16 x 112 px)", "discovr", "discovr/tiny_echo.yaml", discovr_inputs, discovr_reference,
-         (*VIDEO_VIT_S, "objective.num_prototypes=256"), image=False,
+         (*VIDEO_VIT_S, "objective.num_prototypes=256"), image=False, in_quick=False,
          describe="as above, at ViT-S width and depth on 16 frames of 112 px (392 tubelets)"),
     Case("mrdd (stage 1)", "mrdd", "mrdd/tiny_edge_mnist.yaml", mrdd_inputs, mrdd_reference,
          describe="consistency encoder on masked views -> every view decoder"),
@@ -613,7 +615,7 @@ def machine(load_start: tuple[float, ...]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"), help="writes <out>/objective_overhead.json")
-    parser.add_argument("--quick", action="store_true", help="2 pairs, 1 warm-up, image batches of 16: a smoke check")
+    parser.add_argument("--quick", action="store_true", help="2 pairs, 1 warm-up, image batches of 16, no at-scale rows: a smoke check")
     parser.add_argument("--pairs", type=int, default=None, help="timed pairs per row (default 15; --quick 2)")
     parser.add_argument("--only", nargs="*", default=None, help="rows to run (default: all)")
     args = parser.parse_args(argv)
@@ -626,7 +628,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = os.getloadavg()
     started = time.perf_counter()
     work = args.out / "objective_overhead"
-    cases = [c for c in CASES if args.only is None or c.row in args.only or c.objective in args.only]
+    if args.only is None:
+        cases = [c for c in CASES if c.in_quick or not args.quick]
+    else:
+        cases = [c for c in CASES if c.row in args.only or c.objective in args.only]
     needed = sorted({name for c in cases for o in c.overrides for name in TEACHERS if f"{{{name}}}" in o})
     teachers = train_teachers(work / "teachers", [*needed, "mae_deep"])
     teachers["nns"] = neighbour_file(work / "teachers", 128)
