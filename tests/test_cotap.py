@@ -99,13 +99,13 @@ def test_hand_written_backward_matches_autograd_of_the_definition():
     torch.manual_seed(0)
     scores = (0.05 * torch.randn(6, 9, dtype=torch.float64)).requires_grad_()
     targets, weights = torch.rand(6, 9, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-    ours = continuous_average_precision(scores, targets, 0.02)
+    ours = continuous_average_precision(scores, targets, 0.02, chunk_size=4)  # two chunks: 4 queries, then 2
     expected = by_definition(scores, targets, 0.02)
     torch.testing.assert_close(ours, expected)
     (ours_grad,) = torch.autograd.grad((weights * ours).sum(), scores)
     (expected_grad,) = torch.autograd.grad((weights * expected).sum(), scores)
     torch.testing.assert_close(ours_grad, expected_grad)
-    assert torch.autograd.gradcheck(lambda s: continuous_average_precision(s, targets, 0.02), (scores,))
+    assert torch.autograd.gradcheck(lambda s: continuous_average_precision(s, targets, 0.02, chunk_size=4), (scores,))
 
 
 def test_queries_without_relevant_items_are_left_out_and_an_all_empty_batch_is_an_error():

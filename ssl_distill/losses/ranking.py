@@ -28,39 +28,54 @@ CPU_CHUNK_ELEMENTS = 2**20  # on CPU a (chunk, C, C) step tensor of 4 MB stays i
 
 
 class _SoftRankSums(torch.autograd.Function):
-    """scaled scores (Q, C), targets (Q, C) -> (Q, 2, C): for each candidate j, Σ_k H(s_k − s_j) and
-    Σ_k H(s_k − s_j) t_k, with the diagonal at sigmoid(0) = 1/2.
+    """scaled scores (Q, C), targets (Q, C), queries per chunk -> (Q, 2, C): for each candidate j,
+    Σ_k H(s_k − s_j) and Σ_k H(s_k − s_j) t_k, with the diagonal at sigmoid(0) = 1/2.
 
     The same values autograd gets from `sigmoid(s[:, None, :] - s[:, :, None])` followed by a sum and a
-    product with the targets, in fewer passes over the (Q, C, C) step tensor, which is the whole cost:
-    the sigmoid is taken in place and both sums are one batched product, laid out as (2, C) @ (C, C)
-    (on CPU, 3x faster than (C, C) @ (C, 2)). With G[j, k] = a_j + b_j t_k the gradient of the sums,
-    dL/ds_m = Σ_j G[j, m] H'[j, m] − Σ_k G[m, k] H'[m, k] (the diagonal terms cancel); H' = H (1 − H)
-    is symmetric, so the backward is one product of [a, b, 1, t] with H'.
+    product with the targets, in fewer passes over the (chunk, C, C) step tensors, which are the whole
+    cost: the sigmoid is taken in place and both sums are one batched product, laid out as
+    (2, C) @ (C, C) (on CPU, 3x faster than (C, C) @ (C, 2)). With G[j, k] = a_j + b_j t_k the gradient
+    of the sums, dL/ds_m = Σ_j G[j, m] H'[j, m] − Σ_k G[m, k] H'[m, k] (the diagonal terms cancel);
+    H' = H (1 − H) is symmetric, so the backward is one product of [a, b, 1, t] with H' per chunk.
     """
 
     @staticmethod
-    def forward(ctx, scaled: Tensor, targets: Tensor) -> Tensor:
-        step = (scaled.unsqueeze(2) - scaled.unsqueeze(1)).sigmoid_()  # [q, k, j] = H(s_qk - s_qj)
+    def forward(ctx, scaled: Tensor, targets: Tensor, chunk: int) -> Tensor:
         weights = torch.stack([torch.ones_like(targets), targets], dim=1)  # (Q, 2, C)
-        ctx.save_for_backward(step, weights)
-        return torch.bmm(weights, step)
+        steps, sums = [], []
+        for i in range(0, len(scaled), chunk):
+            s = scaled[i : i + chunk]
+            steps.append((s.unsqueeze(2) - s.unsqueeze(1)).sigmoid_())  # [q, k, j] = H(s_qk - s_qj)
+            sums.append(torch.bmm(weights[i : i + chunk], steps[-1]))
+        ctx.chunk = chunk
+        ctx.save_for_backward(weights, *steps)
+        return torch.cat(sums)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        step, weights = ctx.saved_tensors
-        slope = torch.addcmul(step, step, step, value=-1.0)  # H' = H (1 - H), symmetric
-        sums = torch.bmm(torch.cat([grad, weights], dim=1), slope)  # (Q, 4, C): [a, b, 1, t] H'
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        weights, *steps = ctx.saved_tensors
+        pieces = []
+        for i, step in zip(range(0, len(grad), ctx.chunk), steps):
+            g, w = grad[i : i + ctx.chunk], weights[i : i + ctx.chunk]
+            slope = torch.addcmul(step, step, step, value=-1.0)  # H' = H (1 - H), symmetric
+            pieces.append(torch.bmm(torch.cat([g, w], dim=1), slope))  # (chunk, 4, C): [a, b, 1, t] H'
+        sums = torch.cat(pieces)
         a, b, targets = grad[:, 0], grad[:, 1], weights[:, 1]
-        return sums[:, 0] + targets * sums[:, 1] - a * sums[:, 2] - b * sums[:, 3], None
+        return sums[:, 0] + targets * sums[:, 1] - a * sums[:, 2] - b * sums[:, 3], None, None
 
 
-def continuous_average_precision(scores: Tensor, targets: Tensor, temperature: float = 0.01) -> Tensor:
+def continuous_average_precision(
+    scores: Tensor, targets: Tensor, temperature: float = 0.01, chunk_size: int | None = None
+) -> Tensor:
     """scores (Q, C) and targets (Q, C) in [0, 1] -> AP (Q,) with sigmoid-smoothed ranks; NaN for a
-    query whose targets are all zero. Memory is Q * C * C: callers chunk over queries."""
+    query whose targets are all zero. Memory is chunk * C * C floats per chunk of queries, kept for the
+    backward: at most `chunk_size` queries (None: all), on CPU fewer, so that a chunk stays in cache."""
+    chunk = chunk_size or len(scores)
+    if scores.device.type == "cpu":
+        chunk = min(chunk, max(1, CPU_CHUNK_ELEMENTS // scores.shape[-1] ** 2))
     dtype = torch.promote_types(scores.dtype, torch.float32)  # float32 at least; float64 stays
     scaled, targets = scores.to(dtype) / temperature, targets.to(dtype)
-    sums = _SoftRankSums.apply(scaled, targets)
+    sums = _SoftRankSums.apply(scaled, targets, max(chunk, 1))
     # the diagonal holds sigmoid(0) = 1/2; an item ranks at or below itself, H(0) := 1: add the other 1/2
     rank = sums[:, 0] + 0.5  # (Q, C)
     precision = (sums[:, 1] + 0.5 * targets) / rank
@@ -83,7 +98,7 @@ class ContinuousAPLoss(nn.Module):
     scores (..., Q, C): similarity of each query to each candidate (student query vs teacher keys);
     targets (..., Q, C) in [0, 1]: continuous relevance, from the teacher, no gradient. Leading
     dimensions (batch) are flattened into queries; at most `chunk_size` queries are ranked at a time
-    (memory: chunk_size * C * C floats), and on CPU fewer, so that a chunk's step tensor stays in cache.
+    (see `continuous_average_precision`).
     """
 
     def __init__(self, temperature: float = 0.01, normalize: bool = False, chunk_size: int = 1024) -> None:
@@ -95,13 +110,7 @@ class ContinuousAPLoss(nn.Module):
     def forward(self, scores: Tensor, targets: Tensor) -> Tensor:
         scores = scores.reshape(-1, scores.shape[-1])
         targets = targets.detach().reshape(-1, targets.shape[-1]).float()
-        chunk = self.chunk_size
-        if scores.device.type == "cpu":
-            chunk = min(chunk, max(1, CPU_CHUNK_ELEMENTS // scores.shape[-1] ** 2))
-        ap = torch.cat([
-            continuous_average_precision(scores[i : i + chunk], targets[i : i + chunk], self.temperature)
-            for i in range(0, len(scores), chunk)
-        ])
+        ap = continuous_average_precision(scores, targets, self.temperature, self.chunk_size)
         if self.normalize:
             ap = ap / ideal_average_precision(targets)
         valid = ~torch.isnan(ap)
