@@ -37,27 +37,28 @@ class _SoftRankSums(torch.autograd.Function):
     (2, C) @ (C, C) (on CPU, 3x faster than (C, C) @ (C, 2)). With G[j, k] = a_j + b_j t_k the gradient
     of the sums, dL/ds_m = Σ_j G[j, m] H'[j, m] − Σ_k G[m, k] H'[m, k] (the diagonal terms cancel);
     H' = H (1 − H) is symmetric, so the backward is one product of [a, b, 1, t] with H' per chunk.
+    H' overwrites H in place once the forward product has read it: the only tensor kept per chunk.
     """
 
     @staticmethod
     def forward(ctx, scaled: Tensor, targets: Tensor, chunk: int) -> Tensor:
         weights = torch.stack([torch.ones_like(targets), targets], dim=1)  # (Q, 2, C)
-        steps, sums = [], []
+        slopes, sums = [], []
         for i in range(0, len(scaled), chunk):
             s = scaled[i : i + chunk]
-            steps.append((s.unsqueeze(2) - s.unsqueeze(1)).sigmoid_())  # [q, k, j] = H(s_qk - s_qj)
-            sums.append(torch.bmm(weights[i : i + chunk], steps[-1]))
+            step = (s.unsqueeze(2) - s.unsqueeze(1)).sigmoid_()  # [q, k, j] = H(s_qk - s_qj)
+            sums.append(torch.bmm(weights[i : i + chunk], step))
+            slopes.append(step.addcmul_(step, step, value=-1.0))  # in place: H' = H (1 - H), symmetric
         ctx.chunk = chunk
-        ctx.save_for_backward(weights, *steps)
+        ctx.save_for_backward(weights, *slopes)
         return torch.cat(sums)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        weights, *steps = ctx.saved_tensors
+        weights, *slopes = ctx.saved_tensors
         pieces = []
-        for i, step in zip(range(0, len(grad), ctx.chunk), steps):
+        for i, slope in zip(range(0, len(grad), ctx.chunk), slopes):
             g, w = grad[i : i + ctx.chunk], weights[i : i + ctx.chunk]
-            slope = torch.addcmul(step, step, step, value=-1.0)  # H' = H (1 - H), symmetric
             pieces.append(torch.bmm(torch.cat([g, w], dim=1), slope))  # (chunk, 4, C): [a, b, 1, t] H'
         sums = torch.cat(pieces)
         a, b, targets = grad[:, 0], grad[:, 1], weights[:, 1]
