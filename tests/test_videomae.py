@@ -51,6 +51,19 @@ def test_norm_pix_standardises_each_channel_of_a_tubelet():
     torch.testing.assert_close(target.std(dim=2), torch.ones(2, 8, 3), atol=1e-4, rtol=0)
 
 
+def test_a_constant_tubelet_gets_a_zero_target_and_others_the_official_one():
+    video = torch.rand(2, 3, 4, 16, 16) * 4 - 2
+    video[0, :, :2, :8, :8] = torch.tensor([-2.1179039, -2.0357142, -1.8044444]).view(3, 1, 1, 1)  # black
+    pixels = tubelet_pixels(video, 2, 8)  # 128 pixels per channel of a tubelet
+    target = normalize_tubelets(pixels, 3)
+    assert torch.equal(target[0, 0], torch.zeros(384))  # the official formula gives up to 0.48 here
+    x = pixels.unflatten(-1, (-1, 3))  # the official `normlize_target` on the other tubelets
+    official = ((x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, keepdim=True).sqrt() + 1e-6)).flatten(-2)
+    assert official[0, 0].abs().max() > 0.1
+    torch.testing.assert_close(target[:, 1:], official[:, 1:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(target[1], official[1], atol=1e-5, rtol=0)
+
+
 def test_decoder_positions_for_image_and_video_grids():
     small = DecoderConfig(dim=32, depth=1, heads=2)
     video = PixelDecoder((2, 4, 4), in_dim=24, out_dim=96, cfg=small)
