@@ -6,7 +6,7 @@ Each section names the script that measured it, the command it recorded, when an
 ran, and renders every list of rows in its JSON as a table (nested sections get their own heading) and
 every mapping of plain values as a one-row table. A JSON that is missing shows as "not measured yet"
 with the command that would measure it. Figures: throughput against DataLoader workers (video clips
-and shard streaming).
+and shard streaming), and approximate search's speed-up against its recall.
 """
 
 from __future__ import annotations
@@ -264,6 +264,40 @@ def throughput_figure(results: Path, out: Path) -> Path | None:
     return out
 
 
+def search_figure(results: Path, out: Path) -> Path | None:
+    """Speed-up over exact search against recall@10, one curve per approximate index and data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = results / "search_benchmark.json"
+    if not path.is_file():
+        return None
+    rows = [row for row in json.loads(path.read_text())["search"] if row["index"] != "flat"]
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for data, index in dict.fromkeys((row["data"], row["index"]) for row in rows):
+        mine = [row for row in rows if row["data"] == data and row["index"] == index]
+        style = "-" if data == "clustered" else ":"
+        axis.plot([r["recall@10"] for r in mine], [r["speedup"] for r in mine], style, marker="o", label=f"{data}: {index}")
+        for r in mine:
+            axis.annotate(r["param"].split("=")[-1], (r["recall@10"], r["speedup"]), fontsize=6, xytext=(3, 3),
+                          textcoords="offset points")
+    n, queries = rows[0]["n"], rows[0]["queries"]
+    axis.set_xlabel(f"recall@10 against exact search ({n:,} x {queries:,} queries)")
+    axis.set_ylabel("speed-up over exact (flat) search")
+    axis.set_yscale("log")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
 def build(results: Path, out: Path) -> str:
     lines = [
         "# Benchmarks",
@@ -276,6 +310,7 @@ def build(results: Path, out: Path) -> str:
         "",
     ]
     figure = throughput_figure(results, out.parent / "benchmarks" / "results" / "throughput_vs_workers.png")
+    search = search_figure(results, out.parent / "benchmarks" / "results" / "search_speedup_vs_recall.png")
     for stem, title, what, command in SECTIONS:
         path = results / f"{stem}.json"
         lines += [f"## {title}", "", what, ""]
@@ -289,6 +324,8 @@ def build(results: Path, out: Path) -> str:
         lines += claims_sections(record) if stem == "claims" else render(record, "", 2)
         if stem == "loader_benchmark" and figure is not None:
             lines += [f"![throughput against workers]({figure.relative_to(out.parent).as_posix()})", ""]
+        if stem == "search_benchmark" and search is not None:
+            lines += [f"![search speed-up against recall]({search.relative_to(out.parent).as_posix()})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -35,3 +35,13 @@ def test_rows_become_tables_and_missing_results_name_their_command(tmp_path):
     assert "load average at start 7.5" in text
     assert "Not measured yet: `python benchmarks/objective_overhead.py --out benchmarks/results`" in text
     assert (tmp_path / "benchmarks" / "results" / "throughput_vs_workers.png").is_file()
+    assert "search_speedup_vs_recall" not in text  # no search record, no figure
+
+    search = [{"data": "clustered", "index": index, "param": param, "n": 1000, "queries": 10, "speedup": speedup,
+               "recall@10": recall} for index, param, speedup, recall in
+              [("flat", "", 1.0, 1.0), ("ivf", "nprobe=4", 9.0, 0.8), ("ivf", "nprobe=16", 3.0, 0.97)]]
+    (results / "search_benchmark.json").write_text(json.dumps({"command": "python benchmarks/search_benchmark.py",
+                                                              "search": search}))
+    text = make.build(results, tmp_path / "BENCHMARKS.md")
+    assert "![search speed-up against recall](benchmarks/results/search_speedup_vs_recall.png)" in text
+    assert (tmp_path / "benchmarks" / "results" / "search_speedup_vs_recall.png").is_file()
