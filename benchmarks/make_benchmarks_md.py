@@ -227,13 +227,29 @@ def provenance(record: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def throughput_figure(results: Path, out: Path) -> Path | None:
-    """Clips/s (loader benchmark) and images/s (shard streaming) against DataLoader workers."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(figure, axis, out: Path) -> Path:
+    """Legend, grid, tight layout; writes `out` (PNG) and closes the figure."""
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    _pyplot().close(figure)
+    return out
+
+
+def throughput_figure(results: Path, out: Path) -> Path | None:
+    """Clips/s (loader benchmark) and images/s (shard streaming) against DataLoader workers."""
+    plt = _pyplot()
     curves = []
     loader = results / "loader_benchmark.json"
     if loader.is_file():
@@ -255,22 +271,12 @@ def throughput_figure(results: Path, out: Path) -> Path | None:
     axis.set_xlabel("DataLoader workers")
     axis.set_ylabel("items / s")
     axis.set_xticks(sorted({w for _, ws, _ in curves for w in ws}))
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    return _save(figure, axis, out)
 
 
 def search_figure(results: Path, out: Path) -> Path | None:
     """Speed-up over exact search against recall@10, one curve per approximate index and data set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     path = results / "search_benchmark.json"
     if not path.is_file():
         return None
@@ -289,13 +295,7 @@ def search_figure(results: Path, out: Path) -> Path | None:
     axis.set_xlabel(f"recall@10 against exact search ({n:,} x {queries:,} queries)")
     axis.set_ylabel("speed-up over exact (flat) search")
     axis.set_yscale("log")
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
+    return _save(figure, axis, out)
 
 
 def build(results: Path, out: Path) -> str:
