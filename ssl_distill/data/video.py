@@ -13,7 +13,8 @@ Files stay open (an LRU per process, `ReaderCache` of `VideoFile`s): a video is 
 once, and a clip is read from the keyframe before it, so its cost depends on the keyframe interval,
 not on where the clip sits in the file. Frames are those decord gives (tested); PyAV decodes in the
 calling thread, which costs less CPU per clip than decord's threaded decoder (0.62-0.76x, for 1.2-1.5x
-its clips/s) and is safe in forked DataLoader workers (benchmarks/README.md, "Loader"). `echo_frames` reads with the same class.
+its clips/s) and is safe in forked DataLoader workers (benchmarks/README.md, "Loader"). `echo_frames`
+reads with the same class.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class CoTAPConfig(SelfDistillationConfig):
     target_temperature: float = ranged(0.05, "(0, inf)")  # [D] T of the softmax target map
     rank_temperature: float = ranged(0.01, "(0, inf)")  # [D] sigmoid step temperature (SmoothAP, SOPRC)
     normalize_ap: bool = False  # [D] divide AP by the ideal AP of the targets (nDCG-style)
-    chunk_size: int = ranged(1024, "[1, inf)")  # most queries ranked at a time (memory: chunk * patches^2 floats; CPU: fewer, cache-sized)
+    chunk_size: int = ranged(1024, "[1, inf)")  # queries ranked at a time at most (chunk * patches^2 floats; CPU: fewer)
 
 
 def continuous_targets(similarity: Tensor, kind: str, temperature: float = 0.1) -> Tensor:
